@@ -1,0 +1,311 @@
+"""LLaMA / Vicuna decoder in Flax NNX, written for judges.
+
+Layout choices (see shared/spec/jax_practices.md):
+- weights keep their head structure (q: [embed, heads, head_dim]) and carry logical axis names in
+  their `axes` metadata; `sharding.py` maps the names to a device mesh;
+- RoPE is half-split (Hugging Face's `rotate_half` layout), so HF weights load as they are, with
+  phases computed in fp32 from explicit positions (left padding never shifts them);
+- attention always takes an explicit mask (padding, causal, packed segments, cache validity):
+  there is no "pad id == 0" anywhere;
+- norms, softmax and the logits are fp32 whatever the compute dtype;
+- one KV cache type serves prefill, decoding and continuing a kept cache (reasons on demand, chat).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from jlm.model.config import LlamaConfig
+from jlm.model.sharding import constrain
+
+Array = jax.Array
+# A large finite negative instead of -inf: a fully masked row (a left-pad query) then gets a
+# uniform softmax instead of NaNs, and its output is never read.
+NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+# ------------------------------------------------------------------------------------- outputs
+@struct.dataclass
+class KVCache:
+    """Keys/values of every layer, in slots [0, size). All rows share one write cursor `index`;
+    `valid` marks slots holding real tokens (left padding leaves holes) and `next_pos` is each
+    row's next RoPE position, so rows of different lengths decode in lock step."""
+    k: tuple[Array, ...]  # per layer [B, S, kv_heads, head_dim]
+    v: tuple[Array, ...]
+    valid: Array  # [B, S] bool
+    index: Array  # [] int32, next slot to write
+    next_pos: Array  # [B] int32
+
+    @property
+    def size(self) -> int:
+        return self.valid.shape[1]
+
+    @classmethod
+    def init(cls, cfg: LlamaConfig, batch: int, size: int, dtype=jnp.bfloat16) -> "KVCache":
+        shape = (batch, size, cfg.num_kv_heads, cfg.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+        return cls(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+                   valid=jnp.zeros((batch, size), bool), index=jnp.zeros((), jnp.int32),
+                   next_pos=jnp.zeros((batch,), jnp.int32))
+
+
+@struct.dataclass
+class ModelOutput:
+    logits: Array | None  # [B, T, V] float32
+    hidden_states: tuple[Array, ...] | None = None  # embeddings, then each layer (last one normed)
+    attentions: tuple[Array, ...] | None = None  # per layer [B, heads, T, S] float32
+    cache: KVCache | None = None
+
+
+# -------------------------------------------------------------------------------------- pieces
+class LoRAParam(nnx.Param):
+    """Low-rank adapter weights: the only trainable variables when fine-tuning with LoRA."""
+
+
+def _param(rngs: nnx.Rngs, shape, axes, dtype, scale: float | None = None, init=None, kind=nnx.Param):
+    """A weight with logical axis names; truncated-normal with std `scale` (1/sqrt(fan-in))."""
+    if init is None:
+        std = scale if scale is not None else 1.0 / math.sqrt(shape[0])
+        value = std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape, jnp.float32)
+    else:
+        value = init(shape)
+    return kind(value.astype(dtype), axes=tuple(axes))
+
+
+def rms_norm(x: Array, scale: Array, eps: float) -> Array:
+    """LLaMA RMSNorm as Hugging Face computes it: statistics in fp32, cast back, then scale."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return scale.astype(x.dtype) * xf.astype(x.dtype)
+
+
+def rope(x: Array, positions: Array, theta: float, factor: float) -> Array:
+    """Half-split rotary embedding of x [B, T, H, D] at integer `positions` [B, T], in fp32."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    # HIGHEST: a bf16 product would round position 257 to 256 (jax-llm-examples' note)
+    angles = jnp.einsum("bt,f->btf", positions.astype(jnp.float32) / factor, inv_freq,
+                        precision=jax.lax.Precision.HIGHEST)
+    cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+    xf = x.astype(jnp.float32)
+    x1, x2 = xf[..., : d // 2], xf[..., d // 2:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def attention(q: Array, k: Array, v: Array, mask: Array, *, impl: str = "xla",
+              return_probs: bool = False) -> tuple[Array, Array | None]:
+    """q [B,T,H,D], k/v [B,S,K,D] (K divides H), mask [B,T,S] bool -> ([B,T,H,D], probs|None)."""
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    scale = 1.0 / math.sqrt(d)
+    if impl != "xla" and not return_probs:
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale, implementation=impl)
+        return out, None
+    qg = q.reshape(b, t, kv, h // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(mask[:, None, None], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v).reshape(b, t, h, d)
+    return out, (probs.reshape(b, h, t, -1) if return_probs else None)
+
+
+# ---------------------------------------------------------------------------------------- block
+@dataclasses.dataclass(frozen=True)
+class LoRA:
+    """Low-rank adapters on the named projections (wq wk wv wo w_gate w_up w_down)."""
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
+
+# projection name -> (einsum, logical axes, number of leading input dims)
+_PROJ = {
+    "wq": ("btd,dhk->bthk", ("embed", "q_heads", "head_dim"), 1),
+    "wk": ("btd,dhk->bthk", ("embed", "kv_heads", "head_dim"), 1),
+    "wv": ("btd,dhk->bthk", ("embed", "kv_heads", "head_dim"), 1),
+    "wo": ("bthk,hkd->btd", ("q_heads", "head_dim", "embed"), 2),
+    "w_gate": ("btd,df->btf", ("embed", "mlp"), 1),
+    "w_up": ("btd,df->btf", ("embed", "mlp"), 1),
+    "w_down": ("btf,fd->btd", ("mlp", "embed"), 1),
+}
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs, lora: LoRA | None = None):
+        self.cfg, self.dtype = cfg, dtype
+        d, h, kv, hd, f = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
+        shapes = {"wq": (d, h, hd), "wk": (d, kv, hd), "wv": (d, kv, hd), "wo": (h, hd, d),
+                  "w_gate": (d, f), "w_up": (d, f), "w_down": (f, d)}
+        ones = lambda s: jnp.ones(s, jnp.float32)
+        self.attn_norm = _param(rngs, (d,), ("norm",), param_dtype, init=ones)
+        self.mlp_norm = _param(rngs, (d,), ("norm",), param_dtype, init=ones)
+        for name, shape in shapes.items():
+            fan_in = math.prod(shape[: _PROJ[name][2]])
+            setattr(self, name, _param(rngs, shape, _PROJ[name][1], param_dtype, scale=fan_in ** -0.5))
+        self.lora_scale = 0.0
+        if lora is not None:
+            self.lora_scale = lora.alpha / lora.rank
+            for name in lora.targets:
+                shape, (_, axes, n_in) = shapes[name], _PROJ[name]
+                setattr(self, f"{name}_lora_a", _param(
+                    rngs, (*shape[:n_in], lora.rank), (*axes[:n_in], "lora"), jnp.float32,
+                    scale=math.prod(shape[:n_in]) ** -0.5, kind=LoRAParam))
+                # B starts at zero, so the adapted model equals the base model before training
+                setattr(self, f"{name}_lora_b", _param(
+                    rngs, (lora.rank, *shape[n_in:]), ("lora", *axes[n_in:]), jnp.float32,
+                    init=lambda s: jnp.zeros(s, jnp.float32), kind=LoRAParam))
+
+    def proj(self, name: str, x: Array) -> Array:
+        spec, _, n_in = _PROJ[name]
+        y = jnp.einsum(spec, x, getattr(self, name)[...].astype(self.dtype))
+        if hasattr(self, f"{name}_lora_a"):
+            a = getattr(self, f"{name}_lora_a")[...].astype(self.dtype)
+            bm = getattr(self, f"{name}_lora_b")[...].astype(self.dtype)
+            lhs = spec.split(",")[0]
+            ins = lhs[len(lhs) - n_in:] if n_in else ""
+            outs = spec.split("->")[1][2:]
+            z = jnp.einsum(f"{lhs},{ins}r->btr", x, a)
+            y = y + self.lora_scale * jnp.einsum(f"btr,r{outs}->bt{outs}", z, bm)
+        return y
+
+    def __call__(self, x: Array, positions: Array, mask: Array, layer_cache, cache_index,
+                 *, attn_impl: str, return_probs: bool):
+        cfg = self.cfg
+        h = rms_norm(x, self.attn_norm[...], cfg.rms_norm_eps)
+        q = rope(self.proj("wq", h), positions, cfg.rope_theta, cfg.rope_scaling_factor)
+        k = rope(self.proj("wk", h), positions, cfg.rope_theta, cfg.rope_scaling_factor)
+        v = self.proj("wv", h)
+        q = constrain(q, ("act_batch", "act_seq", "act_heads", None))
+        if layer_cache is not None:  # write this chunk at the shared cursor, attend over the cache
+            ck, cv = layer_cache
+            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+            layer_cache = (k, v)
+        out, probs = attention(q, k.astype(self.dtype), v.astype(self.dtype), mask,
+                               impl=attn_impl, return_probs=return_probs)
+        x = x + self.proj("wo", out)
+        x = constrain(x, ("act_batch", "act_seq", "act_embed"))
+        h = rms_norm(x, self.mlp_norm[...], cfg.rms_norm_eps)
+        g = constrain(jax.nn.silu(self.proj("w_gate", h)) * self.proj("w_up", h), ("act_batch", "act_seq", "act_mlp"))
+        x = x + self.proj("w_down", g)
+        return constrain(x, ("act_batch", "act_seq", "act_embed")), layer_cache, probs
+
+
+# ---------------------------------------------------------------------------------------- model
+class Llama(nnx.Module):
+    """LLaMA decoder. `dtype` is the compute dtype, `param_dtype` the storage dtype of weights.
+
+    `remat` names a `jax.checkpoint_policies` entry (e.g. "nothing_saveable",
+    "dots_with_no_batch_dims_saveable") to recompute each block in the backward pass; None keeps
+    every activation.
+    """
+
+    def __init__(self, cfg: LlamaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs | None = None, lora: LoRA | None = None, attn_impl: str = "xla",
+                 remat: str | None = None):
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        self.cfg, self.dtype, self.attn_impl, self.remat = cfg, dtype, attn_impl, remat
+        d = cfg.hidden_size
+        self.embed = _param(rngs, (cfg.vocab_size, d), ("vocab", "embed"), param_dtype, scale=1.0)
+        self.layers = nnx.List([Block(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, lora=lora)
+                                for _ in range(cfg.num_layers)])
+        self.norm = _param(rngs, (d,), ("norm",), param_dtype, init=lambda s: jnp.ones(s, jnp.float32))
+        self.lm_head = None if cfg.tie_word_embeddings else _param(rngs, (d, cfg.vocab_size), ("embed", "vocab"), param_dtype)
+
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
+                 positions: Array | None = None, segment_ids: Array | None = None,
+                 cache: KVCache | None = None, output_hidden_states: bool = False,
+                 output_attentions: bool = False, logits: bool | str = True) -> ModelOutput:
+        """Run the decoder on `input_ids` [B, T].
+
+        attention_mask: [B, T], 1 for real tokens, 0 for padding (left or right).
+        segment_ids: [B, T] for packed training rows (0 = padding); tokens attend within their segment.
+        positions: [B, T] RoPE positions; derived from the mask / segments / cache when omitted.
+        cache: a KVCache; the T new tokens are written at `cache.index` and the updated cache is
+            returned in the output (donate it under jit).
+        logits: True for all positions, "last" for the last position only ([B, 1, V]), False to
+            skip the vocabulary projection (hidden states only).
+        """
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), bool) if segment_ids is None else segment_ids > 0
+        attention_mask = attention_mask.astype(bool)
+        causal = jnp.tril(jnp.ones((t, t), bool))
+
+        if cache is not None:
+            offset = cache.next_pos[:, None]
+            if positions is None:
+                positions = offset + jnp.cumsum(attention_mask, axis=1) - 1
+            slots = jnp.arange(cache.size)
+            new_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, attention_mask, cache.index, axis=1)
+            # query j sits in slot index+j: it sees valid slots up to and including its own
+            mask = new_valid[:, None, :] & (slots[None, None, :] <= cache.index + jnp.arange(t)[None, :, None])
+        elif segment_ids is not None:
+            if positions is None:
+                positions = _segment_positions(segment_ids)
+            same = segment_ids[:, :, None] == segment_ids[:, None, :]
+            mask = same & causal[None] & (segment_ids[:, None, :] > 0)
+        else:
+            if positions is None:
+                positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+            mask = causal[None] & attention_mask[:, None, :]
+        positions = positions.astype(jnp.int32)
+
+        x = self.embed[...].astype(self.dtype)[input_ids]
+        x = constrain(x, ("act_batch", "act_seq", "act_embed"))
+        hidden, probs_all, new_k, new_v = [x], [], [], []
+        block = functools.partial(_block_call, attn_impl=self.attn_impl, return_probs=output_attentions)
+        if self.remat is not None:
+            block = nnx.remat(block, policy=getattr(jax.checkpoint_policies, self.remat))
+        for i, layer in enumerate(self.layers):
+            layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
+            index = cache.index if cache is not None else None
+            x, layer_cache, probs = block(layer, x, positions, mask, layer_cache, index)
+            if cache is not None:
+                new_k.append(layer_cache[0])
+                new_v.append(layer_cache[1])
+            if output_hidden_states:
+                hidden.append(x)
+            if output_attentions:
+                probs_all.append(probs)
+        x = rms_norm(x, self.norm[...], self.cfg.rms_norm_eps)
+        if output_hidden_states:
+            hidden[-1] = x  # Hugging Face's convention: the last entry is after the final norm
+
+        out_logits = None
+        if logits:
+            xs = x[:, -1:] if logits == "last" else x
+            out_logits = self.unembed(xs)
+
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=new_valid, index=cache.index + t,
+                                next_pos=cache.next_pos + attention_mask.sum(axis=1).astype(jnp.int32))
+        return ModelOutput(logits=out_logits, hidden_states=tuple(hidden) if output_hidden_states else None,
+                           attentions=tuple(probs_all) if output_attentions else None, cache=new_cache)
+
+    def unembed(self, x: Array) -> Array:
+        """Final hidden states [..., D] (already normed) -> fp32 logits [..., V]."""
+        w = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+        y = jnp.einsum("...d,dv->...v", x.astype(self.dtype), w.astype(self.dtype),
+                       preferred_element_type=jnp.float32)
+        return constrain(y, ("act_batch", "act_seq", "act_vocab")) if y.ndim == 3 else y
+
+
+def _block_call(layer, *args, **kw):
+    return layer(*args, **kw)
+
+
+def _segment_positions(segment_ids: Array) -> Array:
+    """Position of each token within its packed segment."""
+    t = segment_ids.shape[1]
+    idx = jnp.broadcast_to(jnp.arange(t), segment_ids.shape)
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                              segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    first = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    return idx - first

