@@ -1,0 +1,174 @@
+"""`jlm eval`: score a judge's predictions against teacher judgements (JudgeLM) or human labels (PandaLM, Auto-J).
+
+    jlm eval --gt data/mtbench_judgelm/val_gpt4.jsonl --pred preds.jsonl [--pred-swapped preds_rev.jsonl] --out DIR
+    jlm eval --gt testset-v1.json --pred preds.jsonl --pred-swapped preds_rev.jsonl --out DIR   (PandaLM)
+
+Ground truth (`--format`, default: guessed from the file):
+  judgelm  JSONL with `question_id` and a judgement text (`--gt-field`, default `text`): JudgeLM's
+           `*_gpt4*.jsonl` or full train/val records. Scored with JudgeLM's protocol (jlm.metrics.judge).
+  pandalm  PandaLM test JSON (majority of the annotators); `question_id` of a prediction = `idx`.
+  autoj    Auto-J pairwise JSONL; `question_id` of a prediction = 0-based record index.
+           Human labels are scored with the PandaLM protocol (both orders; disagreement = tie).
+Predictions: JSONL with `question_id` and the judge's output (`--pred-field`, default `pred_text`, as written
+by JudgeLM's gen_model_judgement.py); `--pred-swapped` is the same judge run on the inputs with the answers
+swapped. Everything is aligned by question_id; a missing or extra id is an error.
+Writes metrics.json, report.md, confusion.png, position_bias.png (and ranking.json when the predictions or
+ground truth carry `answer1_model_id` / `answer2_model_id`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jlm.formats.records import (
+    FormatError,
+    JudgeSample,
+    Keyed,
+    check_aligned,
+    iter_jsonl,
+    read_autoj_pairwise,
+    read_keyed,
+    read_pandalm,
+)
+from jlm.formats.scores import parse_scores
+from jlm.metrics.judge import combine_orders, judge_metrics, labels_from_scores, pandalm_protocol, teacher_failed
+from jlm.metrics.ranking import bradley_terry, kendall_tau
+from jlm.metrics.report import write_report
+
+
+def guess_format(path: str | Path) -> str:
+    """"pandalm" for a JSON array file, "autoj" for JSONL with `response 1`, else "judgelm"."""
+    name = str(path)
+    if name.endswith((".json", ".json.gz")):
+        return "pandalm"
+    for _, obj in iter_jsonl(path):
+        return "autoj" if "response 1" in obj else "judgelm"
+    raise FormatError(path, None, None, "empty file")
+
+
+def _model_ids(record: dict) -> tuple[str, str] | None:
+    a, b = record.get("answer1_model_id"), record.get("answer2_model_id")
+    return (str(a), str(b)) if a and b and a != b else None
+
+
+def _rankings(pairs: Sequence[tuple[str, str] | None], y_judge: np.ndarray, y_truth: np.ndarray,
+              truth_name: str) -> dict[str, Any] | None:
+    """BT rankings of the answering models by the judge's and the ground truth's verdicts, if ids are known."""
+    if not pairs or any(p is None for p in pairs):
+        return None
+    judge = bradley_terry((a, b, int(y)) for (a, b), y in zip(pairs, y_judge))
+    truth = bradley_terry((a, b, int(y)) for (a, b), y in zip(pairs, y_truth))
+    out: dict[str, Any] = {"judge": judge, truth_name: truth}
+    if len(judge) >= 2:
+        out["kendall_tau"] = kendall_tau({r["model"]: r["rating"] for r in judge},
+                                         {r["model"]: r["rating"] for r in truth})
+    return out
+
+
+def _aligned_to_samples(samples: Sequence[JudgeSample], gt_path: str, pred: Keyed) -> None:
+    ids = {s.question_id for s in samples}
+    for qid, line in pred.lines.items():
+        if qid not in ids:
+            raise FormatError(pred.path, line, "question_id", f"id {qid!r} is not in {gt_path}")
+    for s in samples:
+        if s.question_id not in pred.records:
+            raise FormatError(pred.path, None, "question_id", f"no prediction for id {s.question_id!r} of {gt_path}")
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    fmt = guess_format(args.gt) if args.format == "auto" else args.format
+    pred = read_keyed(args.pred, args.pred_field)
+    swapped = read_keyed(args.pred_swapped, args.pred_field) if args.pred_swapped else None
+
+    def parsed(keyed: Keyed | None, ids: Sequence) -> list | None:
+        if keyed is None:
+            return None
+        return [parse_scores(keyed.records[q][args.pred_field], 2, tolerant=args.tolerant) for q in ids]
+
+    if fmt == "judgelm":
+        gt = read_keyed(args.gt, args.gt_field)
+        for other in (pred, swapped):
+            if other is not None:
+                check_aligned(gt, other)
+        ids = list(gt.records)
+        gt_scores = [parse_scores(gt.records[q][args.gt_field], 2) for q in ids]
+        pred_scores, swapped_scores = parsed(pred, ids), parsed(swapped, ids)
+        metrics = judge_metrics(gt_scores, pred_scores, swapped_scores, T=args.T)
+        keep = [i for i, s in enumerate(gt_scores) if not teacher_failed(s)]
+        y_true = labels_from_scores([gt_scores[i] for i in keep], args.T)
+        truth_name, protocol = "teacher", "JudgeLM (teacher failures dropped; judge failures are ties)"
+        pairs = [_model_ids(pred.records[ids[i]]) or _model_ids(gt.records[ids[i]]) for i in keep]
+    elif fmt in ("pandalm", "autoj"):
+        samples = read_pandalm(args.gt) if fmt == "pandalm" else read_autoj_pairwise(args.gt)
+        for other in (pred, swapped):
+            if other is not None:
+                _aligned_to_samples(samples, args.gt, other)
+        ids = [s.question_id for s in samples]
+        pred_scores, swapped_scores = parsed(pred, ids), parsed(swapped, ids)
+        metrics = pandalm_protocol([s.label for s in samples], pred_scores, swapped_scores, T=args.T)
+        keep = list(range(len(ids)))
+        y_true = np.array([s.label for s in samples])
+        truth_name = "human"
+        protocol = ("PandaLM: human majority label; judge run on both orders, disagreeing verdicts become ties"
+                    if swapped is not None else "PandaLM, one order only (no swapped predictions)")
+        if samples.dropped:
+            metrics["n_gt_dropped"] = sum(samples.dropped.values())
+        pairs = [_model_ids(pred.records[q]) or (tuple(s.model_ids) if len(s.model_ids) == 2 else None)
+                 for q, s in zip(ids, samples)]
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+
+    y_pred = labels_from_scores([pred_scores[i] for i in keep], args.T)
+    y_swapped = labels_from_scores([swapped_scores[i] for i in keep], args.T) if swapped_scores else None
+    # under the PandaLM protocol the verdict that counts is the two orders combined
+    y_pred_report = combine_orders(y_pred, y_swapped) if fmt != "judgelm" and y_swapped is not None else y_pred
+    rankings = _rankings(pairs, y_pred_report, y_true, truth_name)
+    metrics = {**metrics, "T": args.T, "format": fmt}
+    paths = write_report(
+        args.out, metrics, y_true=y_true, y_pred=y_pred_report, y_swapped=y_swapped, protocol=protocol,
+        truth_name=truth_name, rankings=rankings,
+        inputs={"ground truth": args.gt, "predictions": args.pred, "predictions on swapped input": args.pred_swapped},
+    )
+    return {"metrics": metrics, "paths": paths}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jlm eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--gt", required=True, help="ground truth file (see --format)")
+    p.add_argument("--pred", required=True, help="judge predictions, JSONL")
+    p.add_argument("--pred-swapped", help="judge predictions on the swapped inputs, JSONL")
+    p.add_argument("--format", choices=("auto", "judgelm", "pandalm", "autoj"), default="auto")
+    p.add_argument("--gt-field", default="text", help="judgement field of JudgeLM ground truth (default: text; "
+                   "text_w_reference for with-reference runs on full records)")
+    p.add_argument("--pred-field", default="pred_text", help="judgement field of the predictions")
+    p.add_argument("--T", type=float, default=0.0, help="tie threshold: |s1 - s2| <= T is a tie (default 0)")
+    p.add_argument("--tolerant", action="store_true",
+                   help="parse the predictions with the tolerant parser (8/10, 'Assistant 1: 8', ...)")
+    p.add_argument("--out", default="eval_out", help="output directory (default: eval_out)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = evaluate(args)
+    except (FormatError, OSError, ValueError) as e:
+        print(f"jlm eval: error: {e}", file=sys.stderr)
+        return 2
+    m = result["metrics"]
+    shown = {k: m[k] for k in ("agreement", "precision", "recall", "f1", "consistency", "bias_first",
+                               "bias_second", "delta_bias") if k in m}
+    print("  ".join(f"{k} {100 * v:.2f}" for k, v in shown.items()) + f"  n {m['n']}")
+    print(f"wrote {', '.join(str(p) for p in result['paths'].values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

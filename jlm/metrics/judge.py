@@ -1,0 +1,178 @@
+"""Judge metrics exactly as JudgeLM's `eval_model_judgement.py` (spec section 5), and the PandaLM protocol.
+
+Labels: 1 = answer 1 wins, 0 = tie, -1 = answer 2 wins (`jlm.formats.scores.win_label`, threshold T).
+
+JudgeLM protocol (`judge_metrics`, teacher scores as ground truth):
+  1. drop every sample whose teacher judgement failed to parse (None or JudgeLM's sentinel [-1, -1]) from the
+     sequential and the swapped lists alike; judge failures stay and count as ties;
+  2. agreement = accuracy; precision / recall / F1 = macro averages over the labels present in
+     y_true or y_pred, with 0 for a class whose denominator is 0 (sklearn's `average='macro'`,
+     `zero_division` default);
+  3. with predictions on swapped inputs: flip the sequential labels (1 <-> -1) so both runs speak of the same
+     answer, consistency = fraction equal; with d = flipped - swapped, d < 0 counts toward the 1st position
+     (`bias_first`, JudgeLM's perfer_before), d > 0 toward the 2nd (`bias_second`), as fractions of n;
+     delta_bias = |bias_first - bias_second|.
+
+PandaLM protocol (`pandalm_protocol`, human labels as ground truth; our choice, the JudgeLM code has none):
+  the judge sees both orders; when the two verdicts (expressed for the original order) agree that verdict
+  stands, otherwise the item is a tie. Without swapped predictions the sequential verdict is used as is.
+  Nothing is filtered: human labels are always valid, judge failures are ties.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jlm.formats.scores import parse_scores, scores_label
+
+LABELS = (1, 0, -1)
+LABEL_NAMES = {1: "1st wins", 0: "tie", -1: "2nd wins"}
+
+ScoresLike = Sequence[float] | str | None
+
+
+def _scores(x: ScoresLike) -> list[float] | None:
+    """Parsed scores from a pair, None, or a judgement text (JudgeLM parsing)."""
+    if x is None:
+        return None
+    if isinstance(x, str):
+        return parse_scores(x, 2)
+    return [float(v) for v in x]
+
+
+def teacher_failed(scores: Sequence[float] | None) -> bool:
+    """JudgeLM's GT filter: a parse failure, which its parser reports as [-1, -1]."""
+    return scores is None or list(scores) == [-1.0, -1.0]
+
+
+def labels_from_scores(scores: Sequence[ScoresLike], T: float = 0.0) -> np.ndarray:
+    """Win labels of a list of score pairs / judgement texts; failures are ties."""
+    return np.array([scores_label(_scores(s), T) for s in scores], dtype=np.int64)
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int] = LABELS) -> np.ndarray:
+    """counts[i, j] = #(y_true == labels[i] and y_pred == labels[j])."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return np.array([[int(np.sum((y_true == a) & (y_pred == b))) for b in labels] for a in labels], dtype=np.int64)
+
+
+def macro_prf(y_true: Sequence[int], y_pred: Sequence[int]) -> tuple[float, float, float]:
+    """Macro precision, recall, F1 over the labels in y_true or y_pred; 0 where a denominator is 0."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    if not present:
+        raise ValueError("macro_prf: no samples")
+    p, r, f = [], [], []
+    for c in present:
+        tp = float(np.sum((y_true == c) & (y_pred == c)))
+        n_pred, n_true = float(np.sum(y_pred == c)), float(np.sum(y_true == c))
+        pc = tp / n_pred if n_pred else 0.0
+        rc = tp / n_true if n_true else 0.0
+        p.append(pc)
+        r.append(rc)
+        f.append(2 * pc * rc / (pc + rc) if pc + rc else 0.0)
+    return float(np.mean(p)), float(np.mean(r)), float(np.mean(f))
+
+
+def position_consistency(y_seq: Sequence[int], y_swapped: Sequence[int]) -> dict[str, float]:
+    """consistency, bias_first, bias_second, delta_bias of a judge run on both orders (raw labels of each run)."""
+    y_seq, y_swapped = np.asarray(y_seq), np.asarray(y_swapped)
+    if len(y_seq) != len(y_swapped):
+        raise ValueError(f"position_consistency: {len(y_seq)} sequential vs {len(y_swapped)} swapped labels")
+    n = len(y_seq)
+    if n == 0:
+        raise ValueError("position_consistency: no samples")
+    d = -y_seq - y_swapped  # flipped sequential minus swapped
+    before, after = int(np.sum(d < 0)), int(np.sum(d > 0))
+    return {
+        "consistency": float(np.mean(-y_seq == y_swapped)),
+        "bias_first": before / n,
+        "bias_second": after / n,
+        "delta_bias": abs(before - after) / n,
+    }
+
+
+def _check_lengths(**lists: Sequence | None) -> None:
+    sizes = {k: len(v) for k, v in lists.items() if v is not None}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"length mismatch: {sizes}")
+
+
+def judge_metrics(
+    gt_scores: Sequence[ScoresLike],
+    pred_scores: Sequence[ScoresLike],
+    pred_swapped_scores: Sequence[ScoresLike] | None = None,
+    T: float = 0.0,
+) -> dict[str, Any]:
+    """JudgeLM's metrics of a judge against teacher scores (elements: score pairs, judgement texts or None).
+
+    Keys: agreement, precision, recall, f1, n; with swapped predictions also consistency, bias_first,
+    bias_second, delta_bias; and the counts n_teacher_failures (dropped), pred_failures,
+    pred_swapped_failures (kept, as ties). Fractions in [0, 1].
+    """
+    _check_lengths(gt=gt_scores, pred=pred_scores, swapped=pred_swapped_scores)
+    gt = [_scores(s) for s in gt_scores]
+    keep = [i for i, s in enumerate(gt) if not teacher_failed(s)]
+    if not keep:
+        raise ValueError("judge_metrics: no sample left after dropping teacher failures")
+    pred = [_scores(pred_scores[i]) for i in keep]
+    y_true = labels_from_scores([gt[i] for i in keep], T)
+    y_pred = labels_from_scores(pred, T)
+    p, r, f = macro_prf(y_true, y_pred)
+    out: dict[str, Any] = {
+        "agreement": float(np.mean(y_true == y_pred)),
+        "precision": p,
+        "recall": r,
+        "f1": f,
+        "n": len(keep),
+        "n_teacher_failures": len(gt) - len(keep),
+        "pred_failures": sum(s is None for s in pred),
+    }
+    if pred_swapped_scores is not None:
+        swapped = [_scores(pred_swapped_scores[i]) for i in keep]
+        out.update(position_consistency(y_pred, labels_from_scores(swapped, T)))
+        out["pred_swapped_failures"] = sum(s is None for s in swapped)
+    return out
+
+
+def combine_orders(y_seq: Sequence[int], y_swapped: Sequence[int]) -> np.ndarray:
+    """PandaLM-protocol verdict: the sequential label where the swapped run agrees with it, else a tie."""
+    y_seq, y_swapped = np.asarray(y_seq), np.asarray(y_swapped)
+    return np.where(y_seq == -y_swapped, y_seq, 0)
+
+
+def pandalm_protocol(
+    gt_labels: Sequence[int],
+    pred_scores: Sequence[ScoresLike],
+    pred_swapped_scores: Sequence[ScoresLike] | None = None,
+    T: float = 0.0,
+) -> dict[str, Any]:
+    """Metrics of a judge against human labels (1 / 0 / -1), judging both orders (see the module doc).
+
+    Keys as `judge_metrics` (agreement etc. of the combined verdict), plus agreement_sequential (the
+    first-order verdict alone) when swapped predictions are given.
+    """
+    _check_lengths(gt=gt_labels, pred=pred_scores, swapped=pred_swapped_scores)
+    y_true = np.asarray(gt_labels, dtype=np.int64)
+    if len(y_true) == 0:
+        raise ValueError("pandalm_protocol: no samples")
+    bad = set(y_true.tolist()) - set(LABELS)
+    if bad:
+        raise ValueError(f"pandalm_protocol: labels must be 1, 0 or -1, got {sorted(bad)}")
+    pred = [_scores(s) for s in pred_scores]
+    y_seq = labels_from_scores(pred, T)
+    out: dict[str, Any] = {"pred_failures": sum(s is None for s in pred)}
+    y_final = y_seq
+    if pred_swapped_scores is not None:
+        swapped = [_scores(s) for s in pred_swapped_scores]
+        y_swap = labels_from_scores(swapped, T)
+        y_final = combine_orders(y_seq, y_swap)
+        out.update(position_consistency(y_seq, y_swap))
+        out["pred_swapped_failures"] = sum(s is None for s in swapped)
+        out["agreement_sequential"] = float(np.mean(y_true == y_seq))
+    p, r, f = macro_prf(y_true, y_final)
+    out = {"agreement": float(np.mean(y_true == y_final)), "precision": p, "recall": r, "f1": f,
+           "n": len(y_true), **out}
+    return out

@@ -1,0 +1,117 @@
+"""`jlm eval` end to end: JudgeLM and PandaLM formats, outputs, and input errors."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jlm.metrics import judge_metrics, pandalm_protocol
+from jlm.metrics.cli import guess_format, main
+
+KEYS = ("agreement", "precision", "recall", "f1", "consistency", "bias_first", "bias_second", "delta_bias", "n")
+MODELS = ["m-a", "m-b", "m-c"]
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def judgelm_files(tmp_path):
+    rng = np.random.default_rng(0)
+    gt, seq, rev = [], [], []
+    for i in range(60):
+        a, b = rng.choice(3, size=2, replace=False)
+        s1, s2 = rng.integers(1, 11, size=2)
+        text = "error" if i == 7 else f"{s1} {s2}\nteacher"
+        gt.append({"question_id": 1000 + i, "text": text, "score": [float(s1), float(s2)]})
+        p1, p2 = (s1, s2) if rng.random() < 0.7 else rng.integers(1, 11, size=2)
+        rec = {"question_id": 1000 + i, "answer1_model_id": MODELS[a], "answer2_model_id": MODELS[b]}
+        seq.append({**rec, "pred_text": f"{p1} {p2}\njudge" if i != 3 else "garbage"})
+        q1, q2 = (p2, p1) if rng.random() < 0.8 else (p1, p2)
+        rev.append({**rec, "pred_text": f"{q1} {q2}"})
+    rev.reverse()  # order does not matter: aligned by question_id
+    return (write_jsonl(tmp_path / "gt.jsonl", gt), write_jsonl(tmp_path / "seq.jsonl", seq),
+            write_jsonl(tmp_path / "rev.jsonl", rev))
+
+
+def test_eval_judgelm(judgelm_files, tmp_path, capsys):
+    gt, seq, rev = judgelm_files
+    out = tmp_path / "out"
+    assert main(["--gt", str(gt), "--pred", str(seq), "--pred-swapped", str(rev), "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    g = [json.loads(x)["text"] for x in gt.read_text().splitlines()]
+    by_id = {json.loads(x)["question_id"]: json.loads(x)["pred_text"] for x in rev.read_text().splitlines()}
+    s = [json.loads(x)["pred_text"] for x in seq.read_text().splitlines()]
+    r = [by_id[json.loads(x)["question_id"]] for x in gt.read_text().splitlines()]
+    want = judge_metrics(g, s, r)
+    for k in KEYS:
+        assert m[k] == pytest.approx(want[k])
+        if k != "n":
+            assert 0.0 <= m[k] <= 1.0
+    assert m["n"] == 59 and m["n_teacher_failures"] == 1 and m["pred_failures"] == 1
+    for name in ("confusion.png", "position_bias.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "| agreement | precision | recall | f1 | consistency |" in report
+    assert f"{100 * want['agreement']:.2f}" in report and "![confusion](confusion.png)" in report
+    ranking = json.loads((out / "ranking.json").read_text())
+    assert {r["model"] for r in ranking["judge"]} == set(MODELS) and "teacher" in ranking
+    assert "agreement" in capsys.readouterr().out
+
+
+def test_eval_without_swapped(judgelm_files, tmp_path):
+    gt, seq, _ = judgelm_files
+    out = tmp_path / "o"
+    assert main(["--gt", str(gt), "--pred", str(seq), "--out", str(out), "--T", "1"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert "consistency" not in m and m["T"] == 1.0
+    assert (out / "position_bias.png").exists()
+
+
+def test_eval_pandalm(tmp_path):
+    rows = []
+    for i, votes in enumerate([(1, 1, 2), (2, 2, 2), (0, 0, 1), (1, 1, 1), (2, 0, 2)]):
+        rows.append({"idx": i, "motivation_app": "x", "cmp_key": "m1_m2", "instruction": f"task {i}", "input": "",
+                     "response1": "r1", "response2": "r2", "annotator1": votes[0], "annotator2": votes[1],
+                     "annotator3": votes[2]})
+    gt = tmp_path / "testset.json"
+    gt.write_text(json.dumps(rows, indent=2))
+    seq = ["9 1", "1 9", "5 5", "2 8", "1 9"]
+    rev = ["1 9", "9 1", "5 5", "2 8", "2 9"]
+    ps = write_jsonl(tmp_path / "p.jsonl", [{"question_id": i, "pred_text": t} for i, t in enumerate(seq)])
+    pr = write_jsonl(tmp_path / "r.jsonl", [{"question_id": i, "pred_text": t} for i, t in enumerate(rev)])
+    out = tmp_path / "out"
+    assert guess_format(gt) == "pandalm"
+    assert main(["--gt", str(gt), "--pred", str(ps), "--pred-swapped", str(pr), "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    want = pandalm_protocol([1, -1, 0, 1, -1], seq, rev)
+    for k in KEYS:
+        assert m[k] == pytest.approx(want[k])
+    assert m["format"] == "pandalm"
+    assert "PandaLM" in (out / "report.md").read_text()
+
+
+def test_eval_autoj_guess(tmp_path):
+    gt = write_jsonl(tmp_path / "autoj.jsonl", [{"scenario": "s", "label": 0, "prompt": "p", "response 1": "a",
+                                                 "response 2": "b"}])
+    assert guess_format(gt) == "autoj"
+    p = write_jsonl(tmp_path / "p.jsonl", [{"question_id": 0, "pred_text": "8 2"}])
+    assert main(["--gt", str(gt), "--pred", str(p), "--out", str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["agreement"] == 1.0
+
+
+def test_eval_errors_name_file_line_field(judgelm_files, tmp_path, capsys):
+    gt, seq, _ = judgelm_files
+    short = write_jsonl(tmp_path / "short.jsonl", [json.loads(x) for x in seq.read_text().splitlines()[:-1]])
+    assert main(["--gt", str(gt), "--pred", str(short), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{gt}:60: field 'question_id'" in err and "has no line in" in err
+
+    no_field = write_jsonl(tmp_path / "nf.jsonl", [{"question_id": 1000, "text": "1 2"}])
+    assert main(["--gt", str(gt), "--pred", str(no_field), "--out", str(tmp_path / "o")]) == 2
+    assert f"{no_field}:1: field 'pred_text': missing" in capsys.readouterr().err
+
+    assert main(["--gt", str(tmp_path / "nope.jsonl"), "--pred", str(seq), "--out", str(tmp_path / "o")]) == 2
+    assert "nope.jsonl" in capsys.readouterr().err
