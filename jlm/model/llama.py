@@ -99,19 +99,63 @@ def rope(x: Array, positions: Array, theta: float, factor: float) -> Array:
 
 def attention(q: Array, k: Array, v: Array, mask: Array, *, impl: str = "xla",
               return_probs: bool = False) -> tuple[Array, Array | None]:
-    """q [B,T,H,D], k/v [B,S,K,D] (K divides H), mask [B,T,S] bool -> ([B,T,H,D], probs|None)."""
+    """q [B,T,H,D], k/v [B,S,K,D] (K divides H), mask [B,T,S] bool -> ([B,T,H,D], probs|None).
+
+    impl="xla": einsum with an fp32 softmax; used for parity checks and `output_attentions`.
+    impl="cudnn" (GPU): cuDNN flash attention for multi-token calls (prefill, tree scoring,
+    training). Our masks are arbitrary (left padding, cache holes, packed segments, candidate
+    trees), so the mask goes in as an additive bias (jax turns a boolean mask into 0 / large
+    negative); a fully masked query row (a left-pad position) gets a finite uniform softmax, never
+    NaN. Single-token decode steps, bound by reading the cache rather than by FLOPs, take a
+    multiply-and-reduce path instead (any impl other than "xla").
+    """
     b, t, h, d = q.shape
     kv = k.shape[2]
     scale = 1.0 / math.sqrt(d)
-    if impl != "xla" and not return_probs:
+    if impl != "xla" and not return_probs and t > 1:
         out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale, implementation=impl)
         return out, None
+    if impl != "xla" and not return_probs:
+        # One query per row (a decode step) only reads the cache. As an einsum, the cache's
+        # [B, S, K, D] layout (batch dims B and K not leading) makes XLA transpose all of it for
+        # a batched GEMM on every step; multiply-and-reduce reads it once, in place, in fp32.
+        qg = q.reshape(b, 1, kv, h // kv, d).astype(jnp.float32)
+        scores = jnp.sum(qg * k[:, :, :, None, :].astype(jnp.float32), axis=-1) * scale  # [B, S, K, G]
+        scores = jnp.where(mask[:, 0, :, None, None], scores, NEG_INF)
+        probs = jax.nn.softmax(scores, axis=1)
+        out = jnp.sum(probs[..., None] * v[:, :, :, None, :].astype(jnp.float32), axis=1)  # [B, K, G, D]
+        return out.reshape(b, 1, h, d).astype(v.dtype), None
     qg = q.reshape(b, t, kv, h // kv, d)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
     scores = jnp.where(mask[:, None, None], scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1)
     out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v).reshape(b, t, h, d)
     return out, (probs.reshape(b, h, t, -1) if return_probs else None)
+
+
+@struct.dataclass
+class CausalMask:
+    """Causal self-attention without a cache, kept implicit so that fused kernels (cuDNN flash
+    attention) skip the upper triangle instead of reading a dense [T, T] mask. `segment_ids`
+    [B, T] restricts attention to packed segments (0 = padding); None means one sequence per row.
+    Built by `Llama.__call__` for attn_impl="cudnn"; consumed by `Block` via `causal_attention`."""
+    segment_ids: Array | None = None
+
+
+def causal_attention(q: Array, k: Array, v: Array, mask: CausalMask, *, impl: str) -> Array:
+    """q [B,T,H,D], k/v [B,T,K,D] -> [B,T,H,D]: causal attention within segments (training path).
+
+    Padding tokens share segment 0, so a padding query attends to earlier padding keys and no row
+    is ever fully masked (fully masked rows can give NaNs in fused kernels, and NaN * 0 would leak
+    into the gradients). Real tokens never see padding or other segments, so their outputs equal
+    `attention()` with the dense packed mask.
+    """
+    same = None
+    if mask.segment_ids is not None:
+        seg = mask.segment_ids
+        same = (seg[:, :, None] == seg[:, None, :])[:, None]  # [B, 1, T, S]
+    return jax.nn.dot_product_attention(q, k, v, mask=same, is_causal=True,
+                                        scale=1.0 / math.sqrt(q.shape[-1]), implementation=impl)
 
 
 # ---------------------------------------------------------------------------------------- block
@@ -186,8 +230,11 @@ class Block(nnx.Module):
             k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
             layer_cache = (k, v)
-        out, probs = attention(q, k.astype(self.dtype), v.astype(self.dtype), mask,
-                               impl=attn_impl, return_probs=return_probs)
+        if isinstance(mask, CausalMask):  # training / scoring without a cache: fused causal kernel
+            out, probs = causal_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask, impl=attn_impl), None
+        else:
+            out, probs = attention(q, k.astype(self.dtype), v.astype(self.dtype), mask,
+                                   impl=attn_impl, return_probs=return_probs)
         x = x + self.proj("wo", out)
         x = constrain(x, ("act_batch", "act_seq", "act_embed"))
         h = rms_norm(x, self.mlp_norm[...], cfg.rms_norm_eps)
@@ -203,13 +250,24 @@ class Llama(nnx.Module):
     `remat` names a `jax.checkpoint_policies` entry (e.g. "nothing_saveable",
     "dots_with_no_batch_dims_saveable") to recompute each block in the backward pass; None keeps
     every activation.
+
+    `attn_impl="cudnn"` runs cache-free calls (training, scoring) through `causal_attention`, so
+    cuDNN flash attention sees `is_causal` instead of a dense mask.
+
+    `scan_layers=True` runs cache-free calls without attention probabilities as one
+    `lax.scan` over the layers: compile time no longer grows with depth. The weights stay one
+    module per layer (checkpoints, LoRA and export are unchanged); compute-dtype copies are
+    stacked inside the call, which costs one extra pass over the weights per call.
     """
 
     def __init__(self, cfg: LlamaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
                  rngs: nnx.Rngs | None = None, lora: LoRA | None = None, attn_impl: str = "xla",
-                 remat: str | None = None):
+                 remat: str | None = None, scan_layers: bool = False):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.cfg, self.dtype, self.attn_impl, self.remat = cfg, dtype, attn_impl, remat
+        self.scan_layers = scan_layers
+        if remat is not None and not hasattr(jax.checkpoint_policies, remat):
+            raise ValueError(f"remat={remat!r} is not a jax.checkpoint_policies entry")
         d = cfg.hidden_size
         self.embed = _param(rngs, (cfg.vocab_size, d), ("vocab", "embed"), param_dtype, scale=1.0)
         self.layers = nnx.List([Block(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, lora=lora)
@@ -219,8 +277,9 @@ class Llama(nnx.Module):
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
                  positions: Array | None = None, segment_ids: Array | None = None,
-                 cache: KVCache | None = None, output_hidden_states: bool = False,
-                 output_attentions: bool = False, logits: bool | str = True) -> ModelOutput:
+                 cache: KVCache | None = None, chunk_mask: Array | None = None,
+                 output_hidden_states: bool = False, output_attentions: bool = False,
+                 logits: bool | str = True) -> ModelOutput:
         """Run the decoder on `input_ids` [B, T].
 
         attention_mask: [B, T], 1 for real tokens, 0 for padding (left or right).
@@ -228,10 +287,14 @@ class Llama(nnx.Module):
         positions: [B, T] RoPE positions; derived from the mask / segments / cache when omitted.
         cache: a KVCache; the T new tokens are written at `cache.index` and the updated cache is
             returned in the output (donate it under jit).
+        chunk_mask: [B, T, T] (or [T, T]) bool, only with a cache: which of this call's own tokens
+            each query may see, instead of all earlier ones (tree attention: many candidate
+            continuations of one prompt in a single call; pass their `positions` too).
         logits: True for all positions, "last" for the last position only ([B, 1, V]), False to
             skip the vocabulary projection (hidden states only).
         """
         b, t = input_ids.shape
+        attention_mask_given = attention_mask is not None
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), bool) if segment_ids is None else segment_ids > 0
         attention_mask = attention_mask.astype(bool)
@@ -245,6 +308,9 @@ class Llama(nnx.Module):
             new_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, attention_mask, cache.index, axis=1)
             # query j sits in slot index+j: it sees valid slots up to and including its own
             mask = new_valid[:, None, :] & (slots[None, None, :] <= cache.index + jnp.arange(t)[None, :, None])
+            if chunk_mask is not None:
+                within = jnp.broadcast_to(chunk_mask.astype(bool), (b, t, t))
+                mask = mask & jax.lax.dynamic_update_slice_in_dim(jnp.ones_like(mask), within, cache.index, axis=2)
         elif segment_ids is not None:
             if positions is None:
                 positions = _segment_positions(segment_ids)
@@ -255,9 +321,22 @@ class Llama(nnx.Module):
                 positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
             mask = causal[None] & attention_mask[:, None, :]
         positions = positions.astype(jnp.int32)
+        if self.attn_impl == "cudnn" and cache is None and not output_attentions:
+            # the fused kernel applies causality itself; segments (or the padding mask) ride along
+            if segment_ids is None and attention_mask_given:
+                segment_ids = attention_mask.astype(jnp.int32)
+            mask = CausalMask(segment_ids)
 
         x = self.embed[...].astype(self.dtype)[input_ids]
         x = constrain(x, ("act_batch", "act_seq", "act_embed"))
+        if self.scan_layers and cache is None and not output_attentions:
+            embedded = x
+            x, per_layer = self._scan_layers(x, positions, mask, keep=output_hidden_states)
+            x = rms_norm(x, self.norm[...], self.cfg.rms_norm_eps)
+            hidden = None
+            if output_hidden_states:  # embeddings, each layer's output, the last one normed
+                hidden = (embedded, *[per_layer[i] for i in range(self.cfg.num_layers - 1)], x)
+            return ModelOutput(logits=self._final(x, logits), hidden_states=hidden)
         hidden, probs_all, new_k, new_v = [x], [], [], []
         block = functools.partial(_block_call, attn_impl=self.attn_impl, return_probs=output_attentions)
         if self.remat is not None:
@@ -277,10 +356,7 @@ class Llama(nnx.Module):
         if output_hidden_states:
             hidden[-1] = x  # Hugging Face's convention: the last entry is after the final norm
 
-        out_logits = None
-        if logits:
-            xs = x[:, -1:] if logits == "last" else x
-            out_logits = self.unembed(xs)
+        out_logits = self._final(x, logits)
 
         new_cache = None
         if cache is not None:
@@ -288,6 +364,32 @@ class Llama(nnx.Module):
                                 next_pos=cache.next_pos + attention_mask.sum(axis=1).astype(jnp.int32))
         return ModelOutput(logits=out_logits, hidden_states=tuple(hidden) if output_hidden_states else None,
                            attentions=tuple(probs_all) if output_attentions else None, cache=new_cache)
+
+    def _final(self, x: Array, logits: bool | str) -> Array | None:
+        """The requested logits of the final (normed) hidden states."""
+        if not logits:
+            return None
+        return self.unembed(x[:, -1:] if logits == "last" else x)
+
+    def _scan_layers(self, x: Array, positions: Array, mask, keep: bool = False) -> tuple[Array, Array | None]:
+        """All blocks as one `lax.scan` over weights stacked on a leading layer axis; with `keep`,
+        also every layer's output stacked [L, B, T, D]."""
+        graphdefs, states = zip(*(nnx.split(layer) for layer in self.layers))
+        if any(g != graphdefs[0] for g in graphdefs[1:]):
+            raise ValueError("scan_layers needs identical layers (same LoRA targets in every block)")
+        # stack compute-dtype copies: the blocks cast every weight to self.dtype anyway, so this is
+        # the same arithmetic (and the same gradients) with half the copy under fp32 masters
+        cast = lambda w: w.astype(self.dtype) if jnp.issubdtype(w.dtype, jnp.floating) else w
+        stacked = jax.tree.map(lambda *ws: jnp.stack([cast(w) for w in ws]), *states)
+
+        def body(h, state):
+            h, _, _ = nnx.merge(graphdefs[0], state)(h, positions, mask, None, None,
+                                                       attn_impl=self.attn_impl, return_probs=False)
+            return h, (h if keep else None)
+
+        if self.remat is not None:  # inside scan, CSE cannot undo the remat: prevent_cse=False is safe
+            body = jax.checkpoint(body, policy=getattr(jax.checkpoint_policies, self.remat), prevent_cse=False)
+        return jax.lax.scan(body, x, stacked)
 
     def unembed(self, x: Array) -> Array:
         """Final hidden states [..., D] (already normed) -> fp32 logits [..., V]."""

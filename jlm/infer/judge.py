@@ -1,0 +1,326 @@
+"""`Judge`: JudgeLM-style judging of answer pairs (and single answers, and N answers) on the engine.
+
+    judge = jlm.Judge.load("smollm2")                      # or a JudgeLM / fine-tuned checkpoint
+    results = judge.score(samples)                         # score lines only (JudgeLM's fast eval)
+    results = judge.score(samples, swap=True)              # both orders, one debiased verdict
+    results = judge.score(samples, reasons=lambda r: r.verdict == 0)   # explain only the ties
+    grades = judge.grade([(question, reference_answer, answer), ...])   # single-answer, 1..10
+
+Every result carries the generated text (`text`, JudgeLM's `pred_text`), the parsed `scores`, the
+`verdict` (1: answer 1 better, 0: tie or unparseable, -1: answer 2 better; JudgeLM's T = 0 rule)
+and, unless turned off, the model's score `distribution` (distributions.py). Results come back in
+input order; `on_result` sees each one as soon as it is complete (the CLI appends it to a file).
+
+Reasons on demand: the score line is decoded first (stopping at its newline); rows whose reasons
+are wanted then continue from their kept cache until EOS, in the same batch, without running the
+prompt again. `reasons` may be True, False, or a predicate on a row's score-line judgement.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jlm.formats.prompts import build_prompt
+from jlm.formats.scores import parse_scores, win_label
+from jlm.infer.distributions import ScoreDistribution, ScoreTree, candidate_tokens, score_tree
+from jlm.infer.engine import Engine, default_mesh
+from jlm.infer.sampling import GREEDY, Sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One thing to judge: a question and its answers (answer 1 is the reference in "single" mode)."""
+    question: str
+    answers: tuple[str, ...]
+    reference: str | None = None
+    question_id: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    """The judge's output for one input item (see the module docstring).
+
+    text: the generated judgement, JudgeLM's `pred_text`: the score line alone, or the score line
+        and the reasons when they were asked for. In "single" mode it starts after the forced
+        "10" (e.g. "7"), as JudgeLM's single-answer script stores it.
+    scores: the parsed numbers (2 for a pair, 1 when grading, N for N answers), or None when the
+        first line does not parse (JudgeLM then counts a tie). With swap=True: the mean of both
+        orders, in the original order.
+    verdict: pairs only: 1 / 0 / -1. ranking: N answers: answer indices (0-based), best first.
+    reasons: the text after the score line, when asked for.
+    distribution: P(scores), pairs and grading only, when asked for.
+    swapped: with swap=True, the judgement of the reversed order (its own scores, in that order).
+    error: why the item was not judged (e.g. a prompt longer than the model's context).
+    """
+    index: int
+    question_id: Any
+    mode: str
+    text: str
+    scores: tuple[float, ...] | None
+    verdict: int | None = None
+    ranking: tuple[int, ...] | None = None
+    reasons: str | None = None
+    distribution: ScoreDistribution | None = None
+    swapped: "Judgement | None" = None
+    finished: bool = True
+    error: str | None = None
+
+
+def as_item(sample: Any, reference: str | None = None) -> Item:
+    """A JudgeSample, a JudgeLM record (dict with `question_body`, `answerK_body`), an `Item`, or a
+    (question, answer1, answer2, ...) sequence."""
+    if isinstance(sample, Item):
+        return sample if reference is None else dataclasses.replace(sample, reference=reference)
+    if hasattr(sample, "question") and hasattr(sample, "answers"):  # formats.records.JudgeSample
+        return Item(sample.question, tuple(sample.answers), reference, getattr(sample, "question_id", None))
+    if isinstance(sample, Mapping):
+        answers, k = [], 1
+        while f"answer{k}_body" in sample:
+            answers.append(sample[f"answer{k}_body"])
+            k += 1
+        if "question_body" not in sample or len(answers) < 2:
+            raise ValueError("a judge record needs 'question_body' and at least 'answer1_body', 'answer2_body'")
+        return Item(sample["question_body"], tuple(answers), reference, sample.get("question_id"))
+    if isinstance(sample, (tuple, list)) and len(sample) >= 3 and all(isinstance(x, str) for x in sample):
+        return Item(sample[0], tuple(sample[1:]), reference)
+    raise TypeError(f"cannot judge a {type(sample).__name__}: pass JudgeSamples, JudgeLM dicts, Items or "
+                    "(question, answer1, answer2, ...) tuples")
+
+
+@dataclasses.dataclass
+class _Job:
+    """One prompt to run: an item in one answer order."""
+    item: int
+    swapped: bool
+    ids: list[int]
+    result: Judgement | None = None
+
+
+def _default_dtype():
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+
+
+class Judge:
+    """A judge model, its tokenizer and a decoding engine.
+
+    max_new_tokens: cap on the reasons' tokens (JudgeLM allows 2048; explanations are ~100-300).
+    score_tokens: cap on the score line's tokens ("10 10" is 6 LLaMA tokens).
+    """
+
+    def __init__(self, model, tokenizer, *, mesh: jax.sharding.Mesh | None = None, batch_size: int = 16,
+                 bucket_step: int = 64, max_new_tokens: int = 512, score_tokens: int = 16, name: str = "judge"):
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.cfg = model.cfg
+        self.engine = Engine(model, tokenizer, mesh=mesh, batch_size=batch_size, bucket_step=bucket_step)
+        self.max_new_tokens, self.score_tokens = max_new_tokens, score_tokens
+        self._trees: dict[str, ScoreTree] = {}
+        self._checked: set[str] = set()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike = "smollm2", *, dtype=None, tensor_parallel: int = 1,
+             attn_impl: str = "xla", **kw) -> "Judge":
+        """Load a checkpoint (HF directory, .safetensors, .gguf, or "smollm2") and its tokenizer.
+
+        dtype: compute and weight dtype (default float32 on CPU, bfloat16 on accelerators).
+        tensor_parallel: shard the model over this many local devices (heads / MLP); the batch is
+            split over the rest (data parallel).
+        """
+        from jlm.model.load import load_model, resolve_model_path
+        from jlm.tokenizer import load_tokenizer
+
+        mesh = kw.pop("mesh", None) or default_mesh(tensor=tensor_parallel)
+        dtype = _default_dtype() if dtype is None else dtype
+        model, _ = load_model(path, dtype=dtype, mesh=mesh, attn_impl=attn_impl)
+        tokenizer = load_tokenizer(resolve_model_path(path))
+        return cls(model, tokenizer, mesh=mesh, name=kw.pop("name", str(path)), **kw)
+
+    # ------------------------------------------------------------------------------ prompts
+    def _tree(self, mode: str) -> ScoreTree:
+        if mode not in self._trees:
+            self._trees[mode] = score_tree(self.tokenizer, self.cfg.vocab_size, mode, (self.cfg.eos_token_id,))
+        return self._trees[mode]
+
+    def _check_boundary(self, mode: str, prompt: str) -> None:
+        """The candidate tokens were made after a short context; check once on a real prompt that
+        the tokenizer splits prompt + score line the same way."""
+        if mode in self._checked:
+            return
+        text = "8 3" if mode == "pair" else " 7"
+        context = "### Response:" if mode == "pair" else "### Response:10"
+        want = self.tokenizer.encode(prompt) + candidate_tokens(self.tokenizer, context, text)
+        if self.tokenizer.encode(prompt + text) != want:
+            raise ValueError(f"the tokenizer merges the prompt's end with the score line ({mode} mode); "
+                             "score distributions would be wrong, pass distributions=False")
+        self._checked.add(mode)
+
+    # ------------------------------------------------------------------------------ judging
+    def score(self, samples: Sequence[Any], *, reference: Sequence[str | None] | str | None = None,
+              reasons: bool | Callable[[Judgement], bool] = False, swap: bool = False,
+              distributions: bool = True, mode: str | None = None, sampling: Sampling = GREEDY,
+              on_result: Callable[[Judgement], None] | None = None) -> list[Judgement]:
+        """Judge every sample; results in input order.
+
+        reference: None (no reference), "samples" (each sample's own reference, if any), or one
+            reference text (or None) per sample.
+        reasons: False, True, or a predicate on the score-line judgement of one answer order.
+        swap: also judge with the answers reversed (pairs only) and combine both orders.
+        distributions: compute P(scores) (pairs and single-answer grading).
+        mode: None picks "pair" for 2 answers and "multi" for more; "single" grades answer 2 with
+            answer 1 as the reference answer (see `grade`).
+        """
+        samples = list(samples)
+        refs = self._references(samples, reference)
+        items = [as_item(s, r) for s, r in zip(samples, refs)]
+        modes = [mode or ("pair" if len(it.answers) == 2 else "multi") for it in items]
+        for it, m in zip(items, modes):
+            if m in ("pair", "single") and len(it.answers) != 2:
+                raise ValueError(f"mode {m!r} needs 2 answers, item {it.question_id!r} has {len(it.answers)}")
+        if swap and any(m != "pair" for m in modes):
+            raise ValueError("swap=True is for answer pairs")
+
+        jobs: list[_Job] = []
+        for i, (it, m) in enumerate(zip(items, modes)):
+            for rev in ((False, True) if swap else (False,)):
+                answers = it.answers[::-1] if rev else it.answers
+                text = build_prompt(it.question, answers, it.reference, mode=m)
+                if distributions and m in ("pair", "single"):
+                    self._check_boundary(m, text)
+                jobs.append(_Job(i, rev, self.tokenizer.encode(text)))
+
+        want_reasons = reasons is not False
+        reserve = self.score_tokens + (self.max_new_tokens if want_reasons else 0)
+        if distributions:
+            reserve = max(reserve, max(self._tree(m).tree.size for m in set(modes) if m in ("pair", "single"))
+                          if any(m in ("pair", "single") for m in modes) else 0)
+        limit = self.cfg.max_position_embeddings
+        results: list[Judgement | None] = [None] * len(items)
+        pending_jobs = {i: [] for i in range(len(items))}
+        for j in jobs:
+            pending_jobs[j.item].append(j)
+
+        def finish(job: _Job):
+            sibs = pending_jobs[job.item]
+            if all(s.result is not None for s in sibs):
+                res = self._combine(job.item, items[job.item], modes[job.item], sibs)
+                results[job.item] = res
+                if on_result is not None:
+                    on_result(res)
+
+        runnable = []
+        for n, j in enumerate(jobs):
+            if len(j.ids) + reserve > limit:
+                j.result = Judgement(index=j.item, question_id=items[j.item].question_id, mode=modes[j.item], text="",
+                                     scores=None, verdict=0 if modes[j.item] == "pair" else None, finished=False,
+                                     error=f"prompt of {len(j.ids)} tokens + {reserve} new ones exceeds the model's "
+                                           f"{limit}-token context")
+                finish(j)
+            else:
+                runnable.append(n)
+
+        eng = self.engine
+        all_ids = [j.ids for j in jobs]
+        for rows in eng.plan([len(jobs[n].ids) for n in runnable]):
+            # rows are job indices, which also seed sampling: results do not depend on batching
+            rows = [runnable[r] for r in rows]
+            batch_jobs = [jobs[n] for n in rows]
+            batch = eng.prefill(all_ids, rows, reserve=reserve)
+            dists: list[ScoreDistribution | None] = [None] * len(batch_jobs)
+            if distributions:
+                for m in sorted({modes[j.item] for j in batch_jobs} & {"pair", "single"}):
+                    st = self._tree(m)
+                    lp = eng.tree_logprobs(batch, st.tree)
+                    for r, j in enumerate(batch_jobs):
+                        if modes[j.item] == m:
+                            dists[r] = ScoreDistribution.from_logprobs(lp[r], st.labels)
+            gens = eng.decode(batch, max_new=self.score_tokens, stop="newline", sampling=sampling)
+            first = [self._judgement(j, items[j.item], modes[j.item], g.tokens, g.finished, dists[r])
+                     for r, (j, g) in enumerate(zip(batch_jobs, gens))]
+            if want_reasons:
+                select = np.zeros(len(batch.rows), bool)
+                for r, (res, g) in enumerate(zip(first, gens)):
+                    ended_on_eos = bool(g.tokens) and g.tokens[-1] == self.tokenizer.eos_id
+                    select[r] = not ended_on_eos and (reasons is True or bool(reasons(res)))
+                more = (eng.decode(batch, max_new=self.max_new_tokens, stop="eos", sampling=sampling, select=select)
+                        if select.any() else [None] * len(batch.rows))
+                for r, j in enumerate(batch_jobs):
+                    if more[r] is not None:
+                        first[r] = self._judgement(j, items[j.item], modes[j.item], gens[r].tokens + more[r].tokens,
+                                                   more[r].finished, dists[r], with_reasons=True)
+            del batch  # free this cache before the next prefill allocates one
+            for j, res in sorted(zip(batch_jobs, first), key=lambda x: x[0].item):  # input order within a batch
+                j.result = res
+                finish(j)
+        return results  # type: ignore[return-value]
+
+    def grade(self, samples: Sequence[Any], **kw) -> list[Judgement]:
+        """Single-answer grading, JudgeLM's way: each sample is (question, reference answer, answer)
+        (or a record whose answer 1 is the reference); the reference answer is given a forced 10 and
+        the model writes the answer's score."""
+        return self.score(samples, mode="single", **kw)
+
+    # ----------------------------------------------------------------------------- assembling
+    @staticmethod
+    def _references(samples, reference) -> list[str | None]:
+        if reference is None:
+            return [None] * len(samples)
+        if isinstance(reference, str):
+            if reference != "samples":
+                raise ValueError("reference must be None, 'samples' or one text per sample")
+            return [getattr(s, "reference", None) if not isinstance(s, Mapping) else _record_reference(s)
+                    for s in samples]
+        refs = list(reference)
+        if len(refs) != len(samples):
+            raise ValueError(f"{len(refs)} references for {len(samples)} samples")
+        return refs
+
+    def _judgement(self, job: _Job, item: Item, mode: str, tokens: list[int], finished: bool,
+                   dist: ScoreDistribution | None, with_reasons: bool = False) -> Judgement:
+        raw = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        line, _, rest = raw.partition("\n")
+        # JudgeLM's fast eval keeps the text before the first newline, stripped; with reasons, the
+        # whole text, stripped (without JudgeLM's off-by-one that drops the last character)
+        text = raw.strip() if with_reasons else line.strip()
+        n = {"pair": 2, "single": 1}.get(mode, len(item.answers))
+        scores = parse_scores(text, n=n)
+        scores = tuple(scores) if scores is not None else None
+        return Judgement(index=job.item, question_id=item.question_id, mode=mode, text=text, scores=scores,
+                         verdict=win_label(*scores) if mode == "pair" and scores else (0 if mode == "pair" else None),
+                         ranking=_ranking(scores) if mode == "multi" else None,
+                         reasons=rest.strip() if with_reasons else None, distribution=dist, finished=finished)
+
+    @staticmethod
+    def _combine(index: int, item: Item, mode: str, jobs: list[_Job]) -> Judgement:
+        orig = next(j.result for j in jobs if not j.swapped)
+        rev = next((j.result for j in jobs if j.swapped), None)
+        if rev is None:
+            return orig
+        a = orig.scores
+        b = rev.scores[::-1] if rev.scores is not None else None  # back to the original order
+        if a is not None and b is not None:
+            scores = tuple((x + y) / 2 for x, y in zip(a, b))
+        else:
+            scores = a if a is not None else b
+        dist = orig.distribution
+        if orig.distribution is not None and rev.distribution is not None:
+            dist = ScoreDistribution.average(orig.distribution, rev.distribution.swapped())
+        return dataclasses.replace(orig, scores=scores, verdict=win_label(*scores) if scores else 0,
+                                   distribution=dist, swapped=rev,
+                                   error=orig.error or rev.error)
+
+
+def _ranking(scores) -> tuple[int, ...] | None:
+    if scores is None:
+        return None
+    return tuple(int(i) for i in np.argsort(-np.asarray(scores), kind="stable"))
+
+
+def _record_reference(record: Mapping) -> str | None:
+    ref = record.get("reference")
+    if isinstance(ref, Mapping):
+        return ref.get("text")
+    return ref if isinstance(ref, str) else None
