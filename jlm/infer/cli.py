@@ -231,3 +231,62 @@ def judge_main(argv: list[str], *, judge=None) -> int:
 def grade_main(argv: list[str], *, judge=None) -> int:
     """`jlm grade`: single-answer grading, JudgeLM's way (answer 1 = reference answer, forced 10)."""
     return _run(argv, "jlm grade", "single", judge)
+
+
+# -------------------------------------------------------------------------------------------- chat
+def chat_main(argv: list[str], *, judge=None, stdin=None, stdout=None) -> int:
+    """`jlm chat`: judge one sample of a JSONL file (with reasons), then answer follow-up questions
+    read from stdin, one per line, streaming each answer from the judgement's kept KV cache."""
+    from jlm.infer.chat import JudgeChat
+    from jlm.infer.judge import Judge
+
+    ap = argparse.ArgumentParser(prog="jlm chat", description="Judge one sample, then ask the judge about it "
+                                 "(one question per line on stdin; an empty line or EOF ends the chat).")
+    ap.add_argument("--model", default="smollm2", help="checkpoint: HF directory, .safetensors, .gguf, or 'smollm2'")
+    ap.add_argument("--input", required=True, help="JSONL with question_id, question_body, answer1_body, answer2_body")
+    sel = ap.add_mutually_exclusive_group()
+    sel.add_argument("--index", type=int, default=0, help="0-based record number in --input (default 0)")
+    sel.add_argument("--question-id", help="judge the record with this question_id instead")
+    ap.add_argument("--reference-file", help="JSONL with question_id and reference ({'text': ...})")
+    ap.add_argument("--mode", choices=["pair", "single", "multi", "vqa"], help="default: pair for 2 answers, else multi")
+    ap.add_argument("--max-new-tokens", type=int, default=512, help="cap on the judgement's and each answer's tokens")
+    ap.add_argument("--context", type=int, help="tokens for the whole chat (default: model context, at most 2048)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32 on CPU, bfloat16 on GPU")
+    args = ap.parse_args(argv)
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+
+    samples = read_samples(args.input)
+    if args.question_id is not None:
+        found = [rec for _, rec in samples if str(rec["question_id"]) == args.question_id]
+        if not found:
+            raise FormatError(args.input, None, "question_id", f"no record has question_id {args.question_id!r}")
+        rec = found[0]
+    else:
+        if not 0 <= args.index < len(samples):
+            raise FormatError(args.input, None, None, f"--index {args.index} is outside the file's "
+                              f"{len(samples)} records")
+        rec = samples[args.index][1]
+    ref = None
+    if args.reference_file:
+        ref = read_references(args.reference_file, [rec["question_id"]])[rec["question_id"]]
+    if judge is None:
+        import jax.numpy as jnp
+        dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, None: None}[args.dtype]
+        judge = Judge.load(args.model, dtype=dtype, batch_size=1, max_new_tokens=args.max_new_tokens)
+
+    chat = JudgeChat(judge, rec, reference=ref, mode=args.mode, context=args.context)
+    print(describe(rec, chat.judgement), file=stdout)
+    print(f"judgement:\n{chat.judgement.text}\n", file=stdout, flush=True)
+    for line in stdin:
+        question = line.strip()
+        if not question:
+            break
+        print(f"> {question}", file=stdout, flush=True)
+        for piece in chat.ask(question, max_new=args.max_new_tokens):
+            print(piece, end="", file=stdout, flush=True)
+        print("\n", file=stdout, flush=True)
+    s = chat.stats
+    print(f"[prompt run once: {s['prompt_tokens']} tokens; follow-up tokens fed: {s['extended_tokens']}; "
+          f"generated: {s['generated_tokens']}]", file=sys.stderr)
+    return 0

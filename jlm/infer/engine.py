@@ -369,6 +369,47 @@ class Engine:
             out.append(Generation(tokens=tokens[i, : count[i]].tolist(), finished=not bool(still[i])))
         return out
 
+    def _extend_fn(self):
+        graphdef = self.graphdef
+
+        def extend(state, cache, ids, mask):
+            out = nnx.merge(graphdef, state)(ids, mask, cache=cache, logits=False)
+            return self._constrain_cache(out.cache)
+        return extend
+
+    def extend(self, batch: Batch, tokens: Sequence[Sequence[int]]) -> int:
+        """Append known tokens to the batch's rows (one list per batch row, [] to leave a row as is),
+        e.g. a follow-up question after a judgement, without running anything before them again.
+
+        Each row's pending token and its new tokens but the last are written into the cache (padded
+        to a multiple of `bucket_step` with masked slots, so few programs compile); the last new token
+        becomes the row's pending token, as after a prefill. Returns the cache slots used."""
+        if len(tokens) != len(batch.rows):
+            raise ValueError(f"extend: {len(tokens)} token lists for a batch of {len(batch.rows)} rows")
+        n = max((len(t) for t in tokens), default=0)
+        if n == 0:
+            return 0
+        width = math.ceil(n / self.bucket_step) * self.bucket_step
+        if width > batch.room:
+            raise ValueError(f"extend: {n} new tokens need {width} cache slots, the batch has {batch.room} "
+                             "(reserve more at prefill)")
+        pending = np.array(jax.device_get(batch.pending))  # a writable copy
+        ids = np.zeros((len(batch.rows), width), np.int32)
+        mask = np.zeros((len(batch.rows), width), bool)
+        for i, t in enumerate(tokens):
+            if len(t):
+                if batch.rows[i] < 0:
+                    raise ValueError(f"extend: batch row {i} is padding, not a prompt")
+                seq = [int(pending[i]), *map(int, t[:-1])]
+                ids[i, : len(seq)], mask[i, : len(seq)] = seq, True
+                pending[i] = int(t[-1])
+        args = (self.state, batch.cache, self._put(ids, _TOKENS_AXES), self._put(mask, _TOKENS_AXES))
+        exe = self._compiled("extend", self._extend_fn(), (), args, donate=(1,))
+        batch.cache = exe(*args)
+        batch.pending = self._put(pending, _ROW_AXES)
+        batch.index += width
+        return width
+
     def _put_keys(self, keys: jax.Array) -> jax.Array:
         return jax.device_put(keys, self._sharding(_ROW_AXES, keys.shape))
 

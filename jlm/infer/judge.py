@@ -285,7 +285,7 @@ class Judge:
         # JudgeLM's fast eval keeps the text before the first newline, stripped; with reasons, the
         # whole text, stripped (without JudgeLM's off-by-one that drops the last character)
         text = raw.strip() if with_reasons else line.strip()
-        n = {"pair": 2, "single": 1}.get(mode, len(item.answers))
+        n = {"pair": 2, "single": 1, "vqa": 1}.get(mode, len(item.answers))  # after a forced "10": one score
         scores = parse_scores(text, n=n)
         scores = tuple(scores) if scores is not None else None
         return Judgement(index=job.item, question_id=item.question_id, mode=mode, text=text, scores=scores,
