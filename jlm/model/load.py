@@ -40,7 +40,7 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
         return Path(spec.origin).parent / _SMOLLM2_FILE
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"no checkpoint at {p}")
+        raise FileNotFoundError(f"no checkpoint at {p}: no such file or directory")
     return p
 
 
