@@ -146,7 +146,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise TrainConfigError(f"config file {path} does not exist")
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
-        import yaml  # a flax dependency, so always present
+        import yaml
         raw = yaml.safe_load(text)
     elif path.suffix == ".json":
         raw = json.loads(text)
