@@ -100,3 +100,15 @@ def test_smollm2_follow_up_equals_fresh_generation(smollm2_model, smollm2_gguf):
     (gen,) = Engine(model, tok, mesh=judge.engine.mesh, batch_size=1).generate([before + new],
                                                                                max_new=len(generated), stop="eos")
     assert gen.tokens == generated and text == tok.decode([t for t in generated if t != tok.eos_id])
+
+
+def test_answer_ends_where_the_model_starts_a_turn_of_its_own(judge, monkeypatch):
+    chat = JudgeChat(judge, SAMPLE, chunk=4)
+    scripted = "Its answer was wrong.\n### Question: What next?\n### Answer: more"
+    monkeypatch.setattr(chat, "_stream_tokens", lambda max_new: iter(TOK.encode(scripted, add_bos=False)))
+    pieces = list(chat.ask("Why did Assistant 2 lose?"))
+    assert "".join(pieces) == "Its answer was wrong."
+    assert all("#" not in p for p in pieces)  # the marker's start is held back, never shown
+    plain = "Because 2+2 is 4. #1 reason."  # a '#' that starts no turn is shown
+    monkeypatch.setattr(chat, "_stream_tokens", lambda max_new: iter(TOK.encode(plain, add_bos=False)))
+    assert chat.answer("Why?") == plain

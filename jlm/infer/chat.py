@@ -26,6 +26,16 @@ from jlm.formats.scores import parse_scores, win_label
 from jlm.infer.judge import Judgement, as_item
 
 TURN = "\n\n### Question: {question}\n### Answer:"
+# A small model often goes on to invent the next turn itself; the answer ends where it starts one.
+NEXT_TURN = "\n### Question:"
+
+
+def _showable(text: str) -> int:
+    """How much of `text` can be shown now: a tail that may be the start of NEXT_TURN is held back."""
+    for k in range(min(len(NEXT_TURN) - 1, len(text)), 0, -1):
+        if NEXT_TURN.startswith(text[-k:]):
+            return len(text) - k
+    return len(text)
 
 
 class JudgeChat:
@@ -99,7 +109,9 @@ class JudgeChat:
         self.truncated = True
 
     def ask(self, question: str, max_new: int = 256) -> Iterator[str]:
-        """Append a follow-up turn and stream the judge's answer as text pieces (greedy)."""
+        """Append a follow-up turn and stream the judge's answer as text pieces (greedy). The answer
+        ends at EOS, after `max_new` tokens, or where the model starts a "### Question:" turn of its
+        own (what it generated up to the end of that chunk stays in the cache and the history)."""
         new = self.tokenizer.encode(TURN.format(question=question), add_bos=False)
         row_tokens = [new] + [[] for _ in range(len(self.batch.rows) - 1)]
         if self.engine.bucket_step * -(-len(new) // self.engine.bucket_step) + self.chunk > self.batch.room:
@@ -112,15 +124,20 @@ class JudgeChat:
         tokens: list[int] = []
         shown = ""
         eos = self.tokenizer.eos_id
-        for t in self._stream_tokens(max_new):
+        for t in self._stream_tokens(max_new):  # leaving the loop early stops decoding
             if t == eos:
                 break
             tokens.append(t)
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            if (cut := text.find(NEXT_TURN)) >= 0:  # the model began a turn of its own: the answer ends
+                if cut > len(shown):
+                    yield text[len(shown):cut]
+                return
             # a multi-byte character split over tokens decodes to U+FFFD until it is complete
-            if len(text) > len(shown) and not text.endswith("\ufffd"):
-                yield text[len(shown):]
-                shown = text
+            end = _showable(text)
+            if end > len(shown) and not text[:end].endswith("\ufffd"):
+                yield text[len(shown):end]
+                shown = text[:end]
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         if len(text) > len(shown):
             yield text[len(shown):]
