@@ -38,9 +38,7 @@ Unique question_id per pair: mtbench_id * 10000 + turn * 1000 + k.
 from __future__ import annotations
 
 import argparse
-import gzip
 import itertools
-import json
 import re
 import sys
 from collections import Counter, defaultdict
@@ -53,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from jlm.formats.prompts import multi_turn_answer, multi_turn_question
-from jlm.formats.records import write_jsonl
+from jlm.formats.records import iter_jsonl, write_jsonl
 from jlm.formats.scores import format_score_line, win_label
 
 GRADES = "mtbench_gpt4_judgments_forks/gpt-4_single.merged.jsonl.gz"
@@ -76,9 +74,7 @@ class Grade:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [obj for _, obj in iter_jsonl(path)]
 
 
 def _between(text: str, start: str, end: str, where: str) -> str:

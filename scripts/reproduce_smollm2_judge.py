@@ -14,12 +14,14 @@ paper) to OUT/results.md and the raw metrics to OUT/results.json.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from jlm.formats import records
+from jlm.formats.records import iter_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,12 +45,11 @@ def sh(*cmd, log: Path):
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    text = gzip.open(path, "rt", encoding="utf-8").read() if path.suffix == ".gz" else path.read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [obj for _, obj in iter_jsonl(path)]
 
 
 def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    records.write_jsonl(path, rows)
     return path
 
 
