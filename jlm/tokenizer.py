@@ -451,10 +451,14 @@ def _tokenizer_dir(path: Path) -> Path:
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """The tokenizer of a checkpoint: an HF directory (or a file in one) or a `.gguf` file."""
-    p = Path(path)
-    if not p.exists():
-        raise TokenizerError(f"{p}: no such file or directory")
+    """The tokenizer of a checkpoint: an HF directory (or a file in one), a `.gguf` file, or the
+    name `smollm2` (the same names `load_model` takes)."""
+    from jlm.model.load import resolve_model_path  # lazy: the tokenizer alone should not import JAX
+
+    try:
+        p = resolve_model_path(path)
+    except FileNotFoundError as e:
+        raise TokenizerError(str(e)) from None
     if p.suffix == ".gguf":
         return _load_gguf(p)
     if p.is_file() and p.name == "tokenizer.json":

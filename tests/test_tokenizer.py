@@ -205,3 +205,14 @@ def test_smollm2_exported_tokenizer_json_matches(tmp_path):
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     assert config["eos_token"] == "<|im_end|>" and "chat_template" in config
     check_records(tok, IDS["smollm2"]["records"])
+
+
+@needs_smollm2
+def test_load_tokenizer_takes_the_model_alias():
+    """`jlm train --model smollm2` reads the tokenizer from the same name the loader takes."""
+    assert load_tokenizer("smollm2").encode("Hello") == load_tokenizer(SMOLLM2).encode("Hello")
+
+
+def test_load_tokenizer_missing_path(tmp_path):
+    with pytest.raises(TokenizerError, match=r"nope: no such file or directory"):
+        load_tokenizer(tmp_path / "nope")
