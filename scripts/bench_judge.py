@@ -9,6 +9,11 @@ one machine:
     python3 scripts/bench_judge.py --preset 7b --n 512 --batch 64 --new-tokens 6
     python3 scripts/bench_judge.py --preset 7b --n 256 --batch 64 --new-tokens 128
     python3 scripts/bench_judge.py --preset tiny --n 24 --batch 8        # CPU smoke test
+    python3 scripts/bench_judge.py --plan-only --new-tokens 6 128 --reasons-n 256   # no model, any CPU
+
+--plan-only builds no model: for the same prompt lengths it prints the batch plan's statistics
+(padding, batches, program shapes, the planner's cost-model estimate) for the old fixed chunking
+and for the engine's planner. Those are properties of the plan, not speed measurements.
 
 Prints one JSON line per measurement ({"bench": "jlm", "samples_per_s": ...}) and a summary table:
 end-to-end samples/s (programs compiled beforehand; the first pass follows the peer's one-batch
@@ -31,7 +36,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jlm.infer.engine import Engine, default_mesh  # noqa: E402
+from jlm.infer.engine import Engine, Planner, default_mesh  # noqa: E402
 from jlm.model.config import PRESETS, LlamaConfig  # noqa: E402
 from jlm.model.llama import Llama  # noqa: E402
 
@@ -51,6 +56,41 @@ def prompts(n, lo, hi, seed, vocab):
     return [rng.integers(100, vocab - 100, size=int(l)).tolist() for l in rng.integers(lo, hi, size=n)]
 
 
+def fixed_plan(lengths, batch_size):
+    """The engine's former planner, for comparison: longest first, batch_size at a time."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def plan_only(a, cfg):
+    """Plan statistics of the old fixed chunking and the engine's planner on the benchmark's prompt
+    lengths, for a bf16 model on one device, as the 7B runs of docs/benchmarks.md."""
+    print("plan statistics from the planner's cost model (cost in prefilled token-rows); not speed measurements")
+    planner = Planner.for_model(cfg, batch_size=a.batch, bucket_step=a.bucket_step, param_bytes=2, cache_bytes=2)
+    records = []
+    for new in a.new_tokens:
+        n = a.n if new <= 16 or a.reasons_n is None else a.reasons_n
+        lengths = [len(p) for p in prompts(n, a.min_len, a.max_len, a.seed, cfg.vocab_size)]
+        old = planner.stats(lengths, fixed_plan(lengths, a.batch), reserve=new)
+        plan = planner.plan(lengths, reserve=new)
+        assert sorted(int(r) for b in plan for r in b) == list(range(n))
+        now = planner.stats(lengths, plan, reserve=new)
+        for name, st in (("fixed", old), ("length-aware", now)):
+            rec = dict(bench="jlm", event="plan", preset=a.preset, n=n, batch=a.batch, new_tokens=new,
+                       bucket_step=a.bucket_step, planner=name, padding=round(st["padding"], 4),
+                       batches=st["batches"], shapes=st["shapes"], cost=round(st["cost"]),
+                       cost_vs_fixed=round(st["cost"] / old["cost"], 4))
+            if name == "length-aware":
+                rec["rows"] = [int(planner.batch_bucket(len(b))) for b in plan]
+            print(json.dumps(rec), flush=True)
+            records.append(rec)
+    print("\n| new tokens | n | batch | planner | padding | batches | program shapes | cost (token-rows) | vs fixed |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for d in records:
+        print(f"| {d['new_tokens']} | {d['n']} | {d['batch']} | {d['planner']} | {100 * d['padding']:.1f}% | "
+              f"{d['batches']} | {d['shapes']} | {d['cost']} | {d['cost_vs_fixed']:.3f} |")
+
+
 def build(cfg, dtype, attn):
     t = time.perf_counter()
     model = Llama(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0), attn_impl=attn)
@@ -60,21 +100,22 @@ def build(cfg, dtype, attn):
 
 def run(eng, ps, new, profile=False):
     """Judge every prompt (forced `new` tokens). With profile, sync after each phase and return
-    per-batch (rows, bucket length, prefill s, decode s)."""
+    per-batch (prompts, bucket length, prompt tokens, prefill s, decode s, device rows)."""
     no_stop = np.zeros(eng.cfg.vocab_size, bool)
     if not profile:
         t = time.perf_counter()
         eng.generate(ps, max_new=new, stop=no_stop, min_new=new)
         return time.perf_counter() - t, []
     rows_log, t0 = [], time.perf_counter()
-    for rows in eng.plan([len(p) for p in ps]):
+    for rows in eng.plan([len(p) for p in ps], reserve=new):  # generate's plan, so warmup compiled it
         t = time.perf_counter()
         batch = eng.prefill(ps, rows, reserve=new)
         jax.block_until_ready(batch.cache)
         t1 = time.perf_counter()
         eng.decode(batch, max_new=new, stop=no_stop, min_new=new)
         t2 = time.perf_counter()
-        rows_log.append((len(rows), batch.index - new, int(sum(len(ps[r]) for r in rows)), t1 - t, t2 - t1))
+        rows_log.append((len(rows), batch.index - new, int(sum(len(ps[r]) for r in rows)), t1 - t, t2 - t1,
+                         len(batch.rows)))
         del batch
     return time.perf_counter() - t0, rows_log
 
@@ -110,9 +151,13 @@ def main():
     ap.add_argument("--sweep-only", action="store_true", help="only the batch-size sweep (scores only)")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--out", default=None, help="append the JSON lines here too")
+    ap.add_argument("--plan-only", action="store_true",
+                    help="no model: batch-plan statistics of the old and the current planner (runs on any CPU)")
     a = ap.parse_args()
 
     cfg = SHAPES[a.preset]
+    if a.plan_only:
+        return plan_only(a, cfg)
     gpu = jax.default_backend() == "gpu"
     attn = a.attn or ("cudnn" if gpu else "xla")
     dtype = jnp.bfloat16
@@ -157,7 +202,9 @@ def main():
         tokens = sum(map(len, ps)) + n * new
         mean_len = sum(map(len, ps)) / n
         ceiling = PEAK_TFLOPS * 1e12 / (flops_tok * (mean_len + new))
+        plan = eng.planner.stats([len(p) for p in ps], eng.plan([len(p) for p in ps], reserve=new), reserve=new)
         rec = dict(event="run", n=n, batch=a.batch, new_tokens=new, prompt_tokens=sum(map(len, ps)),
+                   plan_padding=round(plan["padding"], 4), plan_batches=plan["batches"], plan_shapes=plan["shapes"],
                    programs=compiled, compile_s=round(t_compile, 1), first_pass_s=round(cold, 3),
                    first_pass_samples_per_s=round(n / cold, 2), seconds=round(dt, 3),
                    samples_per_s=round(n / dt, 2), model_tflops=round(flops_tok * tokens / dt / 1e12, 1),
@@ -165,12 +212,12 @@ def main():
         if not a.no_profile:
             dtp, log = run(eng, ps, new, profile=True)
             pre, dec = sum(r[3] for r in log), sum(r[4] for r in log)
-            padded = sum(r[0] * r[1] for r in log)
+            padded = sum(r[5] * r[1] for r in log)  # device rows: filler rows are padding too
             rec.update(profiled_s=round(dtp, 3), prefill_s=round(pre, 3), decode_s=round(dec, 3),
                        prefill_tflops=round(flops_tok * sum(r[2] for r in log) / pre / 1e12, 1),
                        padding_frac=round(1 - sum(r[2] for r in log) / max(padded, 1), 3),
                        decode_ms_per_step=round(1000 * dec / (len(log) * new), 2),
-                       per_batch=[dict(rows=r[0], bucket=r[1], mean_len=round(r[2] / r[0]),
+                       per_batch=[dict(rows=r[0], device_rows=r[5], bucket=r[1], mean_len=round(r[2] / r[0]),
                                        samples_per_s=round(r[0] / (r[3] + r[4]), 1),
                                        prefill_s=round(r[3], 3), decode_s=round(r[4], 3)) for r in log])
         emit(rec)

@@ -1,5 +1,7 @@
 """The decoding engine on tiny random models (fp32, CPU): cache == full forward, padding / batch /
-device invariance, stop conditions, continuing a kept cache, sampling, tree scoring."""
+device invariance, stop conditions, continuing a kept cache, sampling, tree scoring, batch planning."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,9 +10,9 @@ from flax import nnx
 
 from jlm.data.tokenizer import ByteTokenizer
 from jlm.infer.distributions import build_tree
-from jlm.infer.engine import Engine, default_mesh, stop_table
+from jlm.infer.engine import Engine, Planner, default_mesh, stop_table
 from jlm.infer.sampling import Sampling, filter_logits
-from jlm.model.config import LlamaConfig
+from jlm.model.config import PRESETS, LlamaConfig
 from jlm.model.llama import Llama
 
 V = 64
@@ -116,6 +118,93 @@ def test_a_few_programs_serve_many_batches(model):
     # 10 batches, but only (length bucket 32 | 64) x (batch 4 | the tail's 1) programs at most
     assert len(prefills) <= 4, prefills
     assert len([k for k in eng._exe if k[0] == "decode"]) <= 4
+
+
+def fixed_plan(lengths, batch_size):
+    """The former planner: longest first, batch_size at a time."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def token_rows(planner, lengths, batches):
+    """Prefilled token-rows of a plan, padding and filler rows included."""
+    return sum(planner.batch_bucket(len(b)) * planner.bucket(max(lengths[r] for r in b)) for b in batches)
+
+
+SEVEN_B = Planner.for_model(PRESETS["judgelm-7b"], batch_size=64)
+
+
+def test_cost_model_constants_come_from_the_config():
+    # one read of bf16 weights = FLOP_PER_BYTE token-rows; a 7B cache slot (0.5 MiB) ~ 0.01 token-rows
+    assert SEVEN_B.weight_rows == pytest.approx(800 / 3)
+    assert SEVEN_B.slot_rows == pytest.approx(2 * 32 * 32 * 128 * 2 * (800 / 3) / (2 * 6.74e9), rel=1e-2)
+    two = Planner.for_model(PRESETS["judgelm-7b"], batch_size=64, dp=2)  # each device reads all the weights
+    assert two.weight_rows == pytest.approx(2 * SEVEN_B.weight_rows) and two.slot_rows == SEVEN_B.slot_rows
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_plan_covers_each_prompt_once_and_pads_no_more_than_fixed_chunking(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, int(rng.choice([100, 700, 2000])), size=int(rng.integers(1, 300))).tolist()
+    for batch_size, dp in ((64, 1), (16, 1), (8, 2), (3, 1), (1, 1)):
+        for reserve in (1, 6, 128, 512):
+            planner = dataclasses.replace(SEVEN_B, batch_size=batch_size, dp=dp,
+                                          weight_rows=SEVEN_B.weight_rows * dp)
+            plan = planner.plan(lengths, reserve)
+            assert sorted(int(r) for b in plan for r in b) == list(range(len(lengths)))
+            allowed = {planner.batch_bucket(k) for k in range(1, batch_size + 1)}
+            for b in plan:
+                assert 1 <= len(b) <= planner.batch_bucket(len(b)) <= batch_size
+                assert planner.batch_bucket(len(b)) in allowed and planner.batch_bucket(len(b)) % dp == 0
+            buckets = [planner.bucket(max(lengths[r] for r in b)) for b in plan]
+            assert buckets == sorted(buckets, reverse=True)  # longest first
+            old = fixed_plan(lengths, batch_size)
+            assert token_rows(planner, lengths, plan) <= token_rows(planner, lengths, old)
+            assert planner.stats(lengths, plan, reserve)["cost"] <= planner.stats(lengths, old, reserve)["cost"] + 1e-6
+
+
+def test_plan_cuts_where_the_bucket_changes_only_when_it_pays():
+    # batches of 4 rows; one more batch costs 200 token-rows (weights read by its one decode step)
+    planner = Planner(batch_size=4, bucket_step=64, weight_rows=200.0, slot_rows=0.0)
+    # two prompts of bucket 192 and two of bucket 64: one batch = 4 x 192 + 200 = 968 token-rows,
+    # cut at the change = 2 x 192 + 2 x 64 + 2 x 200 = 912: cut (input order is kept in the indices)
+    assert [b.tolist() for b in planner.plan([65, 193, 65, 193])] == [[1, 3], [0, 2]]
+    # a lone long prompt (bucket 128) and three of bucket 64: one batch = 4 x 128 + 200 = 712; cutting
+    # it off = 1 x 128 + 4 x 64 (3 prompts take 4 rows) + 2 x 200 = 784: no cut
+    assert [b.tolist() for b in planner.plan([129, 65, 65, 65])] == [[0, 1, 2, 3]]
+    # ... unless a batch's fixed cost is small: at 70 token-rows, 582 against 524 (and 530 for
+    # [129] [65] [65, 65], whose 2-row batch saves a filler row but costs a batch more)
+    cheap = dataclasses.replace(planner, weight_rows=70.0)
+    assert [b.tolist() for b in cheap.plan([129, 65, 65, 65])] == [[0], [1, 2, 3]]
+    # more decode steps make each batch dearer: 6 steps x 70 > the 128 token-rows saved
+    assert [b.tolist() for b in cheap.plan([129, 65, 65, 65], reserve=6)] == [[0, 1, 2, 3]]
+
+
+def test_plan_on_the_benchmark_lengths():
+    """scripts/bench_judge.py's 512 score-line prompts (seed 0, 300-1000 tokens), batch 64, 6 new tokens."""
+    lengths = np.random.default_rng(0).integers(300, 1000, size=512).tolist()
+    old = SEVEN_B.stats(lengths, fixed_plan(lengths, 64), reserve=6)
+    new = SEVEN_B.stats(lengths, SEVEN_B.plan(lengths, reserve=6), reserve=6)
+    assert old["padding"] == pytest.approx(0.098, abs=1e-3)  # docs/benchmarks.md's measured 9.8%
+    assert new["padding"] < old["padding"] - 0.02 and new["cost"] < old["cost"]
+    assert new["shapes"] <= old["shapes"] + 4  # a few more programs to compile, not one per batch
+
+
+def test_warmup_compiles_every_shape_the_plan_runs(model, eng8, prompts):
+    lengths = [len(p) for p in prompts]
+    eng = Engine(model, mesh=one_device(), batch_size=8, bucket_step=8)
+    # a cheap batch overhead makes the planner use several row counts on these 8 prompts
+    eng.planner = dataclasses.replace(eng.planner, weight_rows=1.0)
+    plan = eng.plan(lengths, reserve=6)
+    assert len({(eng.batch_bucket(len(b)), eng.bucket(max(lengths[r] for r in b))) for b in plan}) > 2
+    assert len({eng.batch_bucket(len(b)) for b in plan}) > 1
+    compiled = eng.warmup(lengths, reserve=6, max_new=(6,))
+    assert compiled == len(eng._exe)
+    before = set(eng._exe)
+    gens = eng.generate(prompts, max_new=6, stop=no_stop())
+    assert set(eng._exe) == before  # nothing compiled while running
+    # results in input order and independent of how the prompts were batched
+    assert tokens(gens) == tokens(eng8.generate(prompts, max_new=6, stop=no_stop()))
 
 
 def test_stop_tokens_min_new_and_max_new(eng8, prompts):
