@@ -451,13 +451,15 @@ def _tokenizer_dir(path: Path) -> Path:
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """The tokenizer of a checkpoint: an HF directory (or a file in one), a `.gguf` file, or the
-    name `smollm2` (the same names `load_model` takes)."""
-    from jlm.model.load import resolve_model_path  # lazy: the tokenizer alone should not import JAX
+    """The tokenizer of a checkpoint: an HF directory (or a file in one), a `.gguf` file, the name
+    `smollm2`, or a PEFT adapter directory, whose base model's tokenizer it is (the same names
+    `load_model` takes)."""
+    from jlm.checkpoint import CheckpointError
+    from jlm.model.load import base_checkpoint  # lazy: the tokenizer alone should not import JAX
 
     try:
-        p = resolve_model_path(path)
-    except FileNotFoundError as e:
+        p, _ = base_checkpoint(path)
+    except (FileNotFoundError, CheckpointError) as e:
         raise TokenizerError(str(e)) from None
     if p.suffix == ".gguf":
         return _load_gguf(p)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import jlm
 from jlm.formats.prompts import build_prompt
 from jlm.formats.records import JudgeSample
 from jlm.model.config import LlamaConfig
@@ -185,9 +186,10 @@ def _judgelm_jsonl(path, samples):
 
 def test_jlm_train_cli_lora_from_checkpoint_and_merged_export(tmp_path):
     """The CLI path: a config file + flags, an HF checkpoint and its tokenizer, JudgeLM JSONL, LoRA,
-    orbax checkpoints, and an export whose (merged) weights give the trained model's logits."""
+    orbax checkpoints, an export whose (merged) weights give the trained model's logits, and the
+    PEFT adapter beside it."""
     from jlm.model.llama import Llama
-    from jlm.model.load import load_model, save_pretrained
+    from jlm.model.load import hf_tensors, load_model, save_pretrained
     from jlm.train.cli import main, resolve
     from jlm.train.trainer import train
 
@@ -223,6 +225,18 @@ def test_jlm_train_cli_lora_from_checkpoint_and_merged_export(tmp_path):
     trained = result.model
     np.testing.assert_allclose(np.asarray(exported(ids).logits), np.asarray(trained(ids).logits), atol=2e-4)
     assert np.abs(np.asarray(base(ids).logits) - np.asarray(trained(ids).logits)).max() > 1e-3
+
+    # the adapters alone, as a PEFT adapter naming the base as given: they load (model and, through
+    # the base, tokenizer) into the merged export's weights
+    conf = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert (conf["base_model_name_or_path"], conf["r"], conf["lora_alpha"]) == (str(tmp_path / "base"), 4, 16)
+    merged = dict(hf_tensors(exported))
+    for name, w in hf_tensors(load_model(result.adapter_dir)[0]):
+        np.testing.assert_allclose(w, merged[name], atol=1e-6, err_msg=name)
+    judge = jlm.Judge.load(result.adapter_dir)
+    text = "Assistant 1 is better."
+    assert judge.tokenizer.encode(text) == jlm.load_tokenizer(tmp_path / "base").encode(text)
+    assert judge.cfg == exported.cfg
 
 
 def test_config_layers_and_errors(tmp_path):

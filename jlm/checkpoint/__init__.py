@@ -5,6 +5,8 @@ tensors, write Hugging Face safetensors checkpoints. No torch, no transformers.
     iter_tensors(path) -> Iterator[(name, array)]  HF names and layouts, one tensor at a time
     tensor_shapes(path) -> {name: shape}           from headers only
     write_hf_checkpoint(out_dir, tensors, config, max_shard_bytes=2**31, tokenizer_src=None)
+
+PEFT LoRA adapter directories (adapter_config.json + adapter_model.safetensors): jlm.checkpoint.peft.
 """
 from jlm.checkpoint.errors import CheckpointError
 from jlm.checkpoint.export import ExportSummary, hf_config, write_hf_checkpoint

@@ -145,7 +145,8 @@ def _parser(prog: str, single: bool) -> argparse.ArgumentParser:
     what = "single answers (answer1_body: the reference answer, given a forced 10; answer2_body: graded)" \
         if single else "answer pairs (question_body, answer1_body, answer2_body)"
     ap = argparse.ArgumentParser(prog=prog, description=f"Judge {what} in a JSONL file with a JudgeLM-style judge.")
-    ap.add_argument("--model", default="smollm2", help="checkpoint: HF directory, .safetensors, .gguf, or 'smollm2'")
+    ap.add_argument("--model", default="smollm2",
+                    help="checkpoint: HF directory, .safetensors, .gguf, 'smollm2', or a PEFT LoRA adapter directory")
     ap.add_argument("--input", required=True, help="JSONL with question_id, question_body, answer1_body, answer2_body")
     ap.add_argument("--output", required=True, help="JSONL to append results to (rerun to resume)")
     ap.add_argument("--reference-file", help="JSONL with question_id and reference ({'text': ...}); shown to the judge")
@@ -242,7 +243,8 @@ def chat_main(argv: list[str], *, judge=None, stdin=None, stdout=None) -> int:
 
     ap = argparse.ArgumentParser(prog="jlm chat", description="Judge one sample, then ask the judge about it "
                                  "(one question per line on stdin; an empty line or EOF ends the chat).")
-    ap.add_argument("--model", default="smollm2", help="checkpoint: HF directory, .safetensors, .gguf, or 'smollm2'")
+    ap.add_argument("--model", default="smollm2",
+                    help="checkpoint: HF directory, .safetensors, .gguf, 'smollm2', or a PEFT LoRA adapter directory")
     ap.add_argument("--input", required=True, help="JSONL with question_id, question_body, answer1_body, answer2_body")
     sel = ap.add_mutually_exclusive_group()
     sel.add_argument("--index", type=int, default=0, help="0-based record number in --input (default 0)")

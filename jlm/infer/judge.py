@@ -122,21 +122,23 @@ class Judge:
         self._checked: set[str] = set()
 
     @classmethod
-    def load(cls, path: str | os.PathLike = "smollm2", *, dtype=None, tensor_parallel: int = 1,
-             attn_impl: str = "xla", **kw) -> "Judge":
-        """Load a checkpoint (HF directory, .safetensors, .gguf, or "smollm2") and its tokenizer.
+    def load(cls, path: str | os.PathLike = "smollm2", *, base: str | os.PathLike | None = None, dtype=None,
+             tensor_parallel: int = 1, attn_impl: str = "xla", **kw) -> "Judge":
+        """Load a checkpoint (HF directory, .safetensors, .gguf, "smollm2", or a PEFT LoRA adapter
+        directory: its base model with the adapter merged) and its tokenizer.
 
+        base: for an adapter directory, the base model instead of the one its config names.
         dtype: compute and weight dtype (default float32 on CPU, bfloat16 on accelerators).
         tensor_parallel: shard the model over this many local devices (heads / MLP); the batch is
             split over the rest (data parallel).
         """
-        from jlm.model.load import load_model, resolve_model_path
+        from jlm.model.load import base_checkpoint, load_model
         from jlm.tokenizer import load_tokenizer
 
         mesh = kw.pop("mesh", None) or default_mesh(tensor=tensor_parallel)
         dtype = _default_dtype() if dtype is None else dtype
-        model, _ = load_model(path, dtype=dtype, mesh=mesh, attn_impl=attn_impl)
-        tokenizer = load_tokenizer(resolve_model_path(path))
+        model, _ = load_model(path, base=base, dtype=dtype, mesh=mesh, attn_impl=attn_impl)
+        tokenizer = load_tokenizer(base_checkpoint(path, base)[0])  # an adapter's tokenizer is its base's
         return cls(model, tokenizer, mesh=mesh, name=kw.pop("name", str(path)), **kw)
 
     # ------------------------------------------------------------------------------ prompts
@@ -224,7 +226,7 @@ class Judge:
 
         eng = self.engine
         all_ids = [j.ids for j in jobs]
-        for rows in eng.plan([len(jobs[n].ids) for n in runnable]):
+        for rows in eng.plan([len(jobs[n].ids) for n in runnable], reserve=reserve):
             # rows are job indices, which also seed sampling: results do not depend on batching
             rows = [runnable[r] for r in rows]
             batch_jobs = [jobs[n] for n in rows]

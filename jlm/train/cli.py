@@ -98,6 +98,8 @@ def main(argv: list[str]) -> int:
         return 2
     if result.export_dir is not None:
         print(f"[jlm train] exported {result.export_dir}")
+    if result.adapter_dir is not None:
+        print(f"[jlm train] LoRA adapter {result.adapter_dir} (load it with jlm.load_model / jlm.Judge.load)")
     if result.plot_path is not None:
         print(f"[jlm train] loss curve {result.plot_path}")
     return 0

@@ -65,7 +65,8 @@ class TrainConfig:
     save_every: int = 1000  # steps between orbax checkpoints (and one at the end)
     keep: int = 1  # checkpoints kept
     resume: bool = False  # continue from the latest checkpoint in out_dir/checkpoints
-    export: bool = True  # write the final model (LoRA merged) as HF safetensors to out_dir/hf
+    export: bool = True  # write the final model (LoRA merged) as HF safetensors to out_dir/hf,
+    # and with LoRA the adapters alone as a PEFT adapter to out_dir/adapter
     export_dtype: str = "bfloat16"
     log_every: int = 1
     progress: bool = True  # tqdm progress bar

@@ -36,6 +36,7 @@ class TrainResult:
     log_path: Path
     checkpoint_dir: Path
     export_dir: Path | None
+    adapter_dir: Path | None  # LoRA runs: the adapters alone, as a PEFT adapter of cfg.model
     plot_path: Path | None
     records: list[dict[str, Any]]  # the log (all steps, across resumes)
 
@@ -182,10 +183,13 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
         ckpt.close()  # waits for the last asynchronous save
 
     # ---------------------------------------------------------------------- export, plot
-    export_dir = None
+    export_dir = adapter_dir = None
     if cfg.export:
-        export_dir = export_hf(setup, state, out / "hf", dtype=cfg.export_dtype,
-                               tokenizer_src=cfg.tokenizer or (cfg.model if cfg.init == "checkpoint" else None))
+        base = cfg.model if cfg.init == "checkpoint" else None
+        adapter = out / "adapter" if cfg.lora_rank else None
+        export_dir = export_hf(setup, state, out / "hf", dtype=cfg.export_dtype, tokenizer_src=cfg.tokenizer or base,
+                               adapter_dir=adapter, base=base)
+        adapter_dir = adapter if export_dir is not None else None  # None on the hosts that do not write
     records = read_log(out / "log.jsonl") if lead else []
     plot_path = None
     if cfg.plot and lead:
@@ -193,17 +197,21 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
     if records:
         _say(f"done: step {records[-1]['step']}, loss {records[-1]['loss']:.4f}; log {out / 'log.jsonl'}")
     return TrainResult(state=state, setup=setup, steps=total, log_path=out / "log.jsonl",
-                       checkpoint_dir=ckpt.directory, export_dir=export_dir, plot_path=plot_path, records=records)
+                       checkpoint_dir=ckpt.directory, export_dir=export_dir, adapter_dir=adapter_dir,
+                       plot_path=plot_path, records=records)
 
 
 def export_hf(setup: Setup, state: TrainState, out_dir: Path, *, dtype: str = "bfloat16",
-              tokenizer_src: str | None = None) -> Path | None:
-    """The trained model as a Hugging Face safetensors directory, LoRA adapters merged in.
+              tokenizer_src: str | None = None, adapter_dir: Path | None = None,
+              base: str | None = None) -> Path | None:
+    """The trained model as a Hugging Face safetensors directory, LoRA adapters merged in; with
+    `adapter_dir` (LoRA runs), the adapters alone too, as a PEFT adapter of base model `base` (the
+    config's `model` as given; None for a random base, which then has to be named when loading).
 
     One host: tensors stream from the devices one at a time. Several hosts: each weight is gathered
     to every host (cast to the export dtype first; adapters stay fp32 for the merge) and host 0
     writes, so host RAM must hold the model once in the export dtype."""
-    from jlm.model.load import save_pretrained
+    from jlm.model.load import save_adapter, save_pretrained
 
     params, frozen = state.params, state.frozen
     if jax.process_count() > 1:
@@ -219,4 +227,6 @@ def export_hf(setup: Setup, state: TrainState, out_dir: Path, *, dtype: str = "b
         if jax.process_index() != 0:
             return None
     model = setup.parts.merge(params, frozen)
+    if adapter_dir is not None:
+        save_adapter(model, adapter_dir, base=base)
     return Path(save_pretrained(model, out_dir, dtype=dtype, tokenizer_src=tokenizer_src))
