@@ -66,7 +66,8 @@ def plan_only(a, cfg):
     """Plan statistics of the old fixed chunking and the engine's planner on the benchmark's prompt
     lengths, for a bf16 model on one device, as the 7B runs of docs/benchmarks.md."""
     print("plan statistics from the planner's cost model (cost in prefilled token-rows); not speed measurements")
-    planner = Planner.for_model(cfg, batch_size=a.batch, bucket_step=a.bucket_step, param_bytes=2, cache_bytes=2)
+    planner = Planner.for_model(cfg, batch_size=a.batch, bucket_step=a.bucket_step, param_bytes=2,
+                                cache_bytes=jnp.dtype(a.cache_dtype).itemsize)
     records = []
     for new in a.new_tokens:
         n = a.n if new <= 16 or a.reasons_n is None else a.reasons_n
@@ -124,7 +125,7 @@ def sweep(a, model, ps, new, emit):
     """Steady-state throughput on the first --sweep-n prompts for each --sweep-batch size."""
     sub = ps[: a.sweep_n]
     for b in a.sweep_batch:
-        eng = Engine(model, mesh=default_mesh(), batch_size=b, bucket_step=a.bucket_step)
+        eng = Engine(model, mesh=default_mesh(), batch_size=b, bucket_step=a.bucket_step, cache_dtype=a.cache_dtype)
         eng.warmup([len(p) for p in sub], reserve=new, max_new=(new,))
         run(eng, sub, new)
         dt, _ = run(eng, sub, new)
@@ -146,6 +147,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bucket-step", type=int, default=64)
     ap.add_argument("--attn", default=None, help="xla | cudnn (default: cudnn on GPU, xla elsewhere)")
+    ap.add_argument("--cache-dtype", default="bfloat16",
+                    help="KV cache dtype, e.g. float8_e4m3fn: half the bytes each decode step reads")
     ap.add_argument("--sweep-batch", type=int, nargs="*", default=[], help="extra batch sizes to time")
     ap.add_argument("--sweep-n", type=int, default=128, help="prompts per batch-size sweep point")
     ap.add_argument("--sweep-only", action="store_true", help="only the batch-size sweep (scores only)")
@@ -164,7 +167,8 @@ def main():
     model, t_init = build(cfg, dtype, attn)
     dev = jax.devices()[0]
     info = dict(bench="jlm", preset=a.preset, device=getattr(dev, "device_kind", str(dev)), n_devices=len(jax.devices()),
-                jax=jax.__version__, attn=attn, bucket_step=a.bucket_step)
+                jax=jax.__version__, attn=attn, bucket_step=a.bucket_step,
+                cache_dtype=a.cache_dtype)
     print(json.dumps(dict(info, event="model", params=cfg.num_params, init_s=round(t_init, 1))), flush=True)
     lines = []
 
@@ -177,13 +181,14 @@ def main():
                 f.write(json.dumps(d) + "\n")
 
     flops_tok = 2 * cfg.num_params
+    engine_kw = dict(mesh=default_mesh(), batch_size=a.batch, bucket_step=a.bucket_step, cache_dtype=a.cache_dtype)
     for new in a.new_tokens:
         n = a.n if new <= 16 or a.reasons_n is None else a.reasons_n
         ps = prompts(n, a.min_len, a.max_len, a.seed, cfg.vocab_size)
         if a.sweep_only:
             sweep(a, model, ps, new, emit)
             continue
-        eng = Engine(model, mesh=default_mesh(), batch_size=a.batch, bucket_step=a.bucket_step)
+        eng = Engine(model, **engine_kw)
         t = time.perf_counter()
         try:
             compiled = eng.warmup([len(p) for p in ps], reserve=new, max_new=(new,))
@@ -193,7 +198,7 @@ def main():
             print(f"attention {model.attn_impl!r} failed ({type(e).__name__}: {str(e)[:500]}); using xla",
                   file=sys.stderr, flush=True)
             model.attn_impl = info["attn"] = "xla"
-            eng = Engine(model, mesh=default_mesh(), batch_size=a.batch, bucket_step=a.bucket_step)
+            eng = Engine(model, **engine_kw)
             compiled = eng.warmup([len(p) for p in ps], reserve=new, max_new=(new,))
         t_compile = time.perf_counter() - t
         run(eng, ps[: a.batch], new)  # the peer's warm-up: one batch
