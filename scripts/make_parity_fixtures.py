@@ -58,6 +58,18 @@ def rewrite_dialect(cfg_path: Path, dialect: str, theta: float, scaling):
     cfg_path.write_text(json.dumps(raw, indent=2))
 
 
+def random_llama(cfg: LlamaConfig) -> LlamaForCausalLM:
+    """An fp32 eager-attention LLaMA with random weights, norms included (all-ones norm weights
+    hide layout bugs), drawn from torch's current seed."""
+    cfg._attn_implementation = "eager"
+    model = LlamaForCausalLM(cfg).float().eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+    return model
+
+
 def save_bin_sharded(model, d: Path, shards: int = 2):
     """pytorch_model-0000k-of-0000n.bin shards (torch.save zip pickles) + their index."""
     d.mkdir(parents=True)
@@ -89,12 +101,7 @@ def tiny_fixtures():
         cfg = LlamaConfig(**kw, rope_parameters={"rope_type": (scaling or {}).get("rope_type", "default"),
                                                  "rope_theta": theta,
                                                  **({"factor": scaling["factor"]} if scaling else {})})
-        cfg._attn_implementation = "eager"
-        model = LlamaForCausalLM(cfg).float().eval()
-        with torch.no_grad():  # random norms too: all-ones norm weights hide layout bugs
-            for n, p in model.named_parameters():
-                if "norm" in n:
-                    p.copy_(1.0 + 0.1 * torch.randn_like(p))
+        model = random_llama(cfg)
         d = OUT / f"tiny_{name}"
         shutil.rmtree(d, ignore_errors=True)
         if save == "bin_sharded":  # JudgeLM's layout; transformers 5 only writes safetensors

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig
+
+from make_parity_fixtures import random_llama  # same directory: python puts it on sys.path
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tiny_lora"
 T, PAD = 272, 29
@@ -33,13 +35,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 def main():
     torch.manual_seed(0)
-    cfg = LlamaConfig(**BASE)
-    cfg._attn_implementation = "eager"
-    model = LlamaForCausalLM(cfg).float().eval()
-    with torch.no_grad():  # random norms too: all-ones norm weights hide layout bugs
-        for n, p in model.named_parameters():
-            if "norm" in n:
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+    model = random_llama(LlamaConfig(**BASE))
     shutil.rmtree(OUT, ignore_errors=True)
     model.save_pretrained(OUT / "base")
     (OUT / "base" / "generation_config.json").unlink(missing_ok=True)
