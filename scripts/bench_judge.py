@@ -148,7 +148,7 @@ def main():
     ap.add_argument("--bucket-step", type=int, default=64)
     ap.add_argument("--attn", default=None, help="xla | cudnn (default: cudnn on GPU, xla elsewhere)")
     ap.add_argument("--cache-dtype", default="bfloat16",
-                    help="KV cache dtype, e.g. float8_e4m3fn: half the bytes each decode step reads")
+                    help="KV cache dtype, e.g. int8 (scaled): half the bytes each decode step reads")
     ap.add_argument("--sweep-batch", type=int, nargs="*", default=[], help="extra batch sizes to time")
     ap.add_argument("--sweep-n", type=int, default=128, help="prompts per batch-size sweep point")
     ap.add_argument("--sweep-only", action="store_true", help="only the batch-size sweep (scores only)")

@@ -43,7 +43,7 @@ from jax.sharding import NamedSharding
 
 from jlm.infer.sampling import GREEDY, Sampling, next_token, row_keys
 from jlm.model.config import LlamaConfig
-from jlm.model.llama import KVCache, Llama
+from jlm.model.llama import Int8KV, KVCache, Llama
 from jlm.model.sharding import logical_to_spec, make_mesh
 
 # logical axes of the cache and the per-row inputs (sharding.RULES maps them onto the mesh)
@@ -248,6 +248,8 @@ class Engine:
     tokenizer: only needed for `stop_table` kinds given by name.
     batch_size: rows per device call (rounded up to a multiple of the data-parallel size).
     bucket_step: prompt lengths are padded up to a multiple of this.
+    cache_dtype: KV cache dtype (default: the model's compute dtype); "int8" stores keys and values
+        in int8 with a scale per (row, slot, head), half the bytes each decode step reads.
     """
 
     def __init__(self, model: Llama, tokenizer=None, *, mesh: jax.sharding.Mesh | None = None,
@@ -285,6 +287,8 @@ class Engine:
     def _cache_shardings(self, b: int, size: int) -> KVCache:
         kv_shape = (b, size, self.cfg.num_kv_heads, self.cfg.head_dim)
         kv = self._sharding(_CACHE_KV_AXES, kv_shape)
+        if jnp.dtype(self.cache_dtype) == jnp.int8:
+            kv = Int8KV(kv, self._sharding(_CACHE_KV_AXES, (*kv_shape[:-1], 1)))
         n = self.cfg.num_layers
         return KVCache(k=(kv,) * n, v=(kv,) * n, valid=self._sharding(_TOKENS_AXES, (b, size)),
                        index=NamedSharding(self.mesh, jax.sharding.PartitionSpec()),

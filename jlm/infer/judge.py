@@ -110,13 +110,17 @@ class Judge:
 
     max_new_tokens: cap on the reasons' tokens (JudgeLM allows 2048; explanations are ~100-300).
     score_tokens: cap on the score line's tokens ("10 10" is 6 LLaMA tokens).
+    cache_dtype: the KV cache's dtype (default: the compute dtype); "int8" halves what each decode
+        step reads, at a small cost in exactness (docs/benchmarks.md).
     """
 
     def __init__(self, model, tokenizer, *, mesh: jax.sharding.Mesh | None = None, batch_size: int = 16,
-                 bucket_step: int = 64, max_new_tokens: int = 512, score_tokens: int = 16, name: str = "judge"):
+                 bucket_step: int = 64, max_new_tokens: int = 512, score_tokens: int = 16, name: str = "judge",
+                 cache_dtype=None):
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.cfg = model.cfg
-        self.engine = Engine(model, tokenizer, mesh=mesh, batch_size=batch_size, bucket_step=bucket_step)
+        self.engine = Engine(model, tokenizer, mesh=mesh, batch_size=batch_size, bucket_step=bucket_step,
+                             cache_dtype=cache_dtype)
         self.max_new_tokens, self.score_tokens = max_new_tokens, score_tokens
         self._trees: dict[str, ScoreTree] = {}
         self._checked: set[str] = set()

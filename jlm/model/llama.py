@@ -31,12 +31,34 @@ NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 # ------------------------------------------------------------------------------------- outputs
 @struct.dataclass
+class Int8KV:
+    """One layer's keys or values in int8 with an fp32 scale per (row, slot, head): decoding reads
+    the whole cache every step, and this halves its bytes against bf16 (MaxText's KV quantisation)."""
+    values: Array  # [B, S, kv_heads, head_dim] int8
+    scale: Array  # [B, S, kv_heads, 1] float32
+
+    @staticmethod
+    def quantize(x: Array) -> tuple[Array, Array]:
+        scale = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=-1, keepdims=True) / 127.0
+        q = jnp.round(x.astype(jnp.float32) / jnp.maximum(scale, 1e-30))
+        return jnp.clip(q, -127, 127).astype(jnp.int8), scale
+
+    def write(self, x: Array, index) -> "Int8KV":
+        q, scale = self.quantize(x)
+        return Int8KV(jax.lax.dynamic_update_slice_in_dim(self.values, q, index, axis=1),
+                      jax.lax.dynamic_update_slice_in_dim(self.scale, scale, index, axis=1))
+
+    def dequantize(self, dtype) -> Array:
+        return (self.values.astype(jnp.float32) * self.scale).astype(dtype)
+
+
+@struct.dataclass
 class KVCache:
     """Keys/values of every layer, in slots [0, size). All rows share one write cursor `index`;
     `valid` marks slots holding real tokens (left padding leaves holes) and `next_pos` is each
     row's next RoPE position, so rows of different lengths decode in lock step."""
-    k: tuple[Array, ...]  # per layer [B, S, kv_heads, head_dim]
-    v: tuple[Array, ...]
+    k: tuple[Array | Int8KV, ...]  # per layer [B, S, kv_heads, head_dim] (an Int8KV for dtype int8)
+    v: tuple[Array | Int8KV, ...]
     valid: Array  # [B, S] bool
     index: Array  # [] int32, next slot to write
     next_pos: Array  # [B] int32
@@ -48,8 +70,12 @@ class KVCache:
     @classmethod
     def init(cls, cfg: LlamaConfig, batch: int, size: int, dtype=jnp.bfloat16) -> "KVCache":
         shape = (batch, size, cfg.num_kv_heads, cfg.head_dim)
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
-        return cls(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+
+        def zeros():
+            if jnp.dtype(dtype) == jnp.int8:
+                return Int8KV(jnp.zeros(shape, jnp.int8), jnp.zeros((*shape[:-1], 1), jnp.float32))
+            return jnp.zeros(shape, dtype)
+        return cls(k=tuple(zeros() for _ in range(cfg.num_layers)), v=tuple(zeros() for _ in range(cfg.num_layers)),
                    valid=jnp.zeros((batch, size), bool), index=jnp.zeros((), jnp.int32),
                    next_pos=jnp.zeros((batch,), jnp.int32))
 
@@ -226,10 +252,9 @@ class Block(nnx.Module):
         v = self.proj("wv", h)
         q = constrain(q, ("act_batch", "act_seq", "act_heads", None))
         if layer_cache is not None:  # write this chunk at the shared cursor, attend over the cache
-            ck, cv = layer_cache
-            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
-            layer_cache = (k, v)
+            layer_cache = tuple(_cache_write(c, x, cache_index) for c, x in zip(layer_cache, (k, v)))
+            # attention reads what the cache holds (quantised included), as later decode steps will
+            k, v = (c.dequantize(self.dtype) if isinstance(c, Int8KV) else c for c in layer_cache)
         if isinstance(mask, CausalMask):  # training / scoring without a cache: fused causal kernel
             out, probs = causal_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask, impl=attn_impl), None
         else:
@@ -397,6 +422,12 @@ class Llama(nnx.Module):
         y = jnp.einsum("...d,dv->...v", x.astype(self.dtype), w.astype(self.dtype),
                        preferred_element_type=jnp.float32)
         return constrain(y, ("act_batch", "act_seq", "act_vocab")) if y.ndim == 3 else y
+
+
+def _cache_write(c: Array | Int8KV, x: Array, index) -> Array | Int8KV:
+    if isinstance(c, Int8KV):
+        return c.write(x, index)
+    return jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), index, axis=1)
 
 
 def _block_call(layer, *args, **kw):
