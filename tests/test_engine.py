@@ -279,6 +279,14 @@ def test_top_k_and_top_p_filters():
         Sampling(top_p=0.0)
 
 
+def tree_reference(full_forward, prompt, cand, final_set) -> float:
+    """log P(cand, then any token of final_set | prompt) from full forward passes."""
+    logp = full_forward(prompt + cand)
+    start = len(prompt) - 1
+    want = sum(float(logp[start + j, t]) for j, t in enumerate(cand))
+    return want + float(np.logaddexp.reduce(logp[start + len(cand)][final_set]))
+
+
 def test_tree_logprobs_match_full_forward(model, prompts, full_forward):
     rng = np.random.default_rng(3)
     cands = [[5, 6], [5, 7, 8], [5, 7, 9], [10], [11, 12, 13, 14]]
@@ -292,11 +300,7 @@ def test_tree_logprobs_match_full_forward(model, prompts, full_forward):
     got = eng.tree_logprobs(batch, tree)
     for i, r in enumerate(rows):
         for c, cand in enumerate(cands):
-            logp = full_forward(prompts[r] + cand)
-            start = len(prompts[r]) - 1
-            want = sum(float(logp[start + j, t]) for j, t in enumerate(cand))
-            want += float(np.logaddexp.reduce(logp[start + len(cand)][final_set]))
-            assert got[i, c] == pytest.approx(want, abs=2e-5)
+            assert got[i, c] == pytest.approx(tree_reference(full_forward, prompts[r], cand, final_set), abs=2e-5)
     # the cache was rewound: decoding afterwards is unchanged
     after = eng.decode(batch, max_new=4, stop=no_stop())
     assert [after[i].tokens for i in range(len(rows))] == [greedy_reference(full_forward, prompts[r], 4) for r in rows]
@@ -337,14 +341,8 @@ def test_int8_cache_stays_close_to_the_full_forward_and_batch_independent(model,
     eng = Engine(model, mesh=one_device(), batch_size=4, bucket_step=16, cache_dtype="int8")
     rows = [0, 3, 4]
     got = eng.tree_logprobs(eng.prefill(prompts, rows, reserve=tree.size + 4), tree)
-    err = 0.0
-    for i, r in enumerate(rows):
-        for c, cand in enumerate(cands):
-            logp = full_forward(prompts[r] + cand)
-            start = len(prompts[r]) - 1
-            want = sum(float(logp[start + j, t]) for j, t in enumerate(cand))
-            want += float(np.logaddexp.reduce(logp[start + len(cand)][final_set]))
-            err = max(err, abs(got[i, c] - want))
+    err = max(abs(got[i, c] - tree_reference(full_forward, prompts[r], cand, final_set))
+              for i, r in enumerate(rows) for c, cand in enumerate(cands))
     assert 0 < err < 0.03  # measured 0.008; > 0: the cache really is quantised
     ref = tokens(Engine(model, mesh=one_device(), batch_size=8, bucket_step=8, cache_dtype="int8")
                  .generate(prompts, max_new=8, stop=no_stop()))
