@@ -111,6 +111,11 @@ def test_swap_combines_both_orders(judge):
     p1, tie, p2 = r.distribution.p_win
     assert p1 == pytest.approx(p2, abs=1e-9)
     np.testing.assert_allclose(r.distribution.joint, r.distribution.joint.T, atol=1e-12)
+    # each order keeps its own judgement: "8 3" read as written, and the mean of the two is the verdict
+    assert r.original.text == "8 3" and r.original.scores == (8.0, 3.0) and r.original.swapped is None
+    assert r.original.distribution.mode == (8, 3) == r.swapped.distribution.mode
+    np.testing.assert_allclose(r.distribution.joint,
+                               (r.original.distribution.joint + r.swapped.distribution.joint.T) / 2, atol=1e-12)
 
 
 def test_reasons_on_demand_continue_the_kept_cache(judge, monkeypatch):
@@ -192,6 +197,7 @@ def test_cli_writes_judgelm_records(judge, tmp_path, capsys):
         assert key in r
     assert r["pred_text"] == "8 3" and r["reference"] == "ref 0"
     assert r["scores"] == [5.5, 5.5] and r["verdict"] == 0 and r["swap"]["pred_text"] == "8 3"
+    assert r["original"]["scores"] == [8, 3] and r["original"]["distribution"]["mode"] == [8, 3]
     assert sum(r["distribution"]["p_win"]) == pytest.approx(1.0, abs=1e-5)
     shown = capsys.readouterr()
     assert "judge wrote: '8 3'" in shown.out and "3 judged: answer 1 better 0, tie 3" in shown.out

@@ -98,11 +98,12 @@ def output_record(rec: dict, res, model_id: str, reference: str | None) -> dict:
         out["ranking"] = list(res.ranking)
     if res.distribution is not None:
         out["distribution"] = res.distribution.to_json()
-    if res.swapped is not None:
-        sw = res.swapped
-        out["swap"] = {"pred_text": sw.text, "scores": list(sw.scores) if sw.scores is not None else None}
-        if sw.distribution is not None:
-            out["swap"]["distribution"] = sw.distribution.to_json()
+    # with --swap: each order's own judgement, beside the combined one above
+    for key, one in (("original", res.original), ("swap", res.swapped)):
+        if one is not None:
+            out[key] = {"pred_text": one.text, "scores": list(one.scores) if one.scores is not None else None}
+            if one.distribution is not None:
+                out[key]["distribution"] = one.distribution.to_json()
     if not res.finished:
         out["truncated"] = True  # hit the token cap before the line end / EOS
     if res.error is not None:

@@ -55,6 +55,8 @@ class Judgement:
     reasons: the text after the score line, when asked for.
     distribution: P(scores), pairs and grading only, when asked for.
     swapped: with swap=True, the judgement of the reversed order (its own scores, in that order).
+    original: with swap=True, the judgement of the original order alone (its own scores and
+        distribution); `scores`, `verdict` and `distribution` above combine it with `swapped`.
     error: why the item was not judged (e.g. a prompt longer than the model's context).
     """
     index: int
@@ -67,6 +69,7 @@ class Judgement:
     reasons: str | None = None
     distribution: ScoreDistribution | None = None
     swapped: "Judgement | None" = None
+    original: "Judgement | None" = None
     finished: bool = True
     error: str | None = None
 
@@ -315,7 +318,7 @@ class Judge:
         if orig.distribution is not None and rev.distribution is not None:
             dist = ScoreDistribution.average(orig.distribution, rev.distribution.swapped())
         return dataclasses.replace(orig, scores=scores, verdict=win_label(*scores) if scores else 0,
-                                   distribution=dist, swapped=rev,
+                                   distribution=dist, swapped=rev, original=orig,
                                    error=orig.error or rev.error)
 
 
