@@ -90,8 +90,11 @@ def eval_sets(data: Path, shared: Path, work: Path, limit: int | None) -> dict[s
     autoj_path = shared / "data" / "autoj" / "test" / "testdata_pairwise.jsonl.gz"
     autoj = read_autoj_pairwise(autoj_path)
     keep = spread(len(autoj), limit)
-    autoj_gt = autoj_path if limit is None else write_jsonl(  # Auto-J ids are record indices
-        work / "gt_autoj.jsonl", [read_jsonl(autoj_path)[i] for i in keep])
+    if limit is None:
+        autoj_gt = autoj_path
+    else:  # Auto-J ids are record indices: the ground truth is the same subset, in the same order
+        autoj_rows = read_jsonl(autoj_path)
+        autoj_gt = write_jsonl(work / "gt_autoj.jsonl", [autoj_rows[i] for i in keep])
     return {
         "mtbench": dict(samples=val, reference=None, gt=write_jsonl(work / "gt_val.jsonl", gt), format="judgelm"),
         "mtbench+ref": dict(samples=with_ref, reference=[_text(refs[r["question_id"]]) for r in with_ref],
