@@ -82,6 +82,7 @@ def base_checkpoint(path: str | os.PathLike, base: str | os.PathLike | None = No
 # ------------------------------------------------------------------------- name and layout maps
 _HF_PROJ = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo",
             "gate_proj": "w_gate", "up_proj": "w_up", "down_proj": "w_down"}
+_PROJ_HF = {v: k for k, v in _HF_PROJ.items()}
 _LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.weight$")
 _NORM_RE = re.compile(r"model\.layers\.(\d+)\.(input_layernorm|post_attention_layernorm)\.weight$")
 _NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm"}
@@ -124,8 +125,7 @@ def _to_model(name: str, w: np.ndarray, cfg: LlamaConfig) -> tuple[tuple, np.nda
 
 def _hf_name(layer: int, proj: str) -> str:
     """HF weight name of projection `proj` (wq, ..., w_down) of layer `layer`."""
-    hf = {v: k for k, v in _HF_PROJ.items()}[proj]
-    return f"model.layers.{layer}.{'mlp' if proj.startswith('w_') else 'self_attn'}.{hf}.weight"
+    return f"model.layers.{layer}.{'mlp' if proj.startswith('w_') else 'self_attn'}.{_PROJ_HF[proj]}.weight"
 
 
 def _to_hf(path: tuple, w: np.ndarray) -> tuple[str, np.ndarray]:
@@ -158,7 +158,7 @@ def abstract_model(cfg: LlamaConfig, **kw) -> Llama:
 def _read_adapter(adapter: Path, cfg: LlamaConfig, base: Path) -> tuple[float, dict[str, list[np.ndarray]]]:
     """(scale, {HF weight name: [A [r, in], B [out, r]] in fp32}) of a PEFT LoRA adapter, checked
     against the config of the base model it is loaded on."""
-    from jlm.checkpoint.peft import TARGETS, iter_adapter_tensors, read_adapter_config, tensor_names, weights_file
+    from jlm.checkpoint.peft import iter_adapter_tensors, read_adapter_config, tensor_names, weights_file
 
     acfg = read_adapter_config(adapter)
     f = weights_file(adapter)
@@ -166,7 +166,7 @@ def _read_adapter(adapter: Path, cfg: LlamaConfig, base: Path) -> tuple[float, d
     expected: dict[str, tuple[str, int, tuple[int, int]]] = {}  # tensor -> (weight, 0: A / 1: B, shape)
     for i in range(cfg.num_layers):
         for t in acfg.targets:
-            weight = f"model.layers.{i}.{TARGETS[t]}.{t}.weight"
+            weight = _hf_name(i, _HF_PROJ[t])
             out, inp = shapes[weight]
             a, b = tensor_names(weight)
             expected[a], expected[b] = (weight, 0, (acfg.rank, inp)), (weight, 1, (out, acfg.rank))
@@ -310,8 +310,8 @@ def save_adapter(model: Llama, out_dir: str | os.PathLike, *, base: str | os.Pat
                 yield name_a, a.reshape(-1, rank).T.astype(np_dtype)
                 yield name_b, b.reshape(rank, -1).T.astype(np_dtype)
 
-    inv = {v: k for k, v in _HF_PROJ.items()}
-    config = AdapterConfig(rank=rank, alpha=model.layers[0].lora_scale * rank, targets=tuple(inv[p] for p in targets),
+    config = AdapterConfig(rank=rank, alpha=model.layers[0].lora_scale * rank,
+                           targets=tuple(_PROJ_HF[p] for p in targets),
                            base=None if base is None else str(base))
     write_adapter(out_dir, tensors(), config)
     return Path(out_dir)
