@@ -102,6 +102,22 @@ def test_example_layout_and_loss_mask():
     assert no_bos["input_ids"] == ex["input_ids"][1:]
 
 
+def test_score_weight_marks_exactly_the_score_line():
+    s = sample()
+    plain = make_example(s, TOK, 0, ExampleConfig(swap_prob=0.0, ref_prob=0.0))
+    ex = make_example(s, TOK, 0, ExampleConfig(swap_prob=0.0, ref_prob=0.0, score_weight=20.0))
+    assert ex["input_ids"] == plain["input_ids"]
+    heavy = [t for t, m in zip(ex["input_ids"], ex["loss_mask"]) if m == 20.0]
+    assert TOK.decode(heavy) == "3 8"  # the verdict; its newline and the reasons keep weight 1
+    assert [m > 0 for m in ex["loss_mask"]] == [m > 0 for m in plain["loss_mask"]]
+    assert epoch_summary([s], TOK, ExampleConfig(score_weight=20.0))["target_tokens_mean"] == \
+        epoch_summary([s], TOK, ExampleConfig())["target_tokens_mean"]
+    swapped = make_example(s, TOK, 0, ExampleConfig(swap_prob=1.0, ref_prob=1.0, score_weight=20.0))
+    assert TOK.decode([t for t, m in zip(swapped["input_ids"], swapped["loss_mask"]) if m == 20.0]) == "9 2"
+    with pytest.raises(ValueError, match="score_weight"):
+        ExampleConfig(score_weight=0.0)
+
+
 def test_swapped_reference_example_text():
     ex = make_example(sample(), TOK, 0, ExampleConfig(swap_prob=1.0, ref_prob=1.0))
     text = TOK.decode(ex["input_ids"])

@@ -147,6 +147,24 @@ def test_sample_weighting_is_per_sample_token_mean():
     np.testing.assert_allclose(ce, np.asarray(ref), rtol=1e-6)
 
 
+def test_weighted_mask_gives_each_sample_its_weighted_token_mean():
+    batch = _packed_batch(rows=4, t=32, seed=5)
+    w = np.where(batch["loss_mask"] > 0, 1.0 + 4.0 * (np.arange(32) % 3 == 0), 0.0).astype(np.float32)
+    logits = jax.random.normal(jax.random.key(1), (4, 32, TINY.vocab_size))
+    ce = np.asarray(token_losses(logits, jnp.asarray(batch["targets"])))
+    per_sample = []
+    for r in range(4):
+        for s in range(1, batch["segment_ids"][r].max() + 1):
+            m = (batch["segment_ids"][r] == s) & (w[r] > 0)
+            if m.any():
+                per_sample.append((ce[r][m] * w[r][m]).sum() / w[r][m].sum())
+    num, den, ntok = loss_terms(logits, {**batch, "loss_mask": w}, "sample")
+    assert float(den) == len(per_sample) and float(ntok) == (w > 0).sum()  # ntok counts tokens, not weight
+    assert float(num) == pytest.approx(float(np.sum(per_sample)), rel=1e-5)
+    num_t, den_t, _ = loss_terms(logits, {**batch, "loss_mask": w}, "token")
+    assert float(den_t) == pytest.approx(w.sum()) and float(num_t) == pytest.approx(float((ce * w).sum()), rel=1e-5)
+
+
 def test_unpacked_rows_use_plain_causal_attention_exactly(init_weights):
     """Right-padded single-sample rows: the unpacked step (no mask at all) equals the packed step."""
     b = _packed_batch(rows=16, seed=7)

@@ -48,6 +48,9 @@ class ExampleConfig:
     swap_prob: float = 0.5
     ref_prob: float = 0.5
     truncation_floor: int = 512  # characters a field keeps in the first truncation pass (see fit_view)
+    # loss weight of the score line's tokens relative to the reasons' (JudgeLM: 1). Under per-sample
+    # averaging the verdict's few tokens carry ~1% of a sample's loss; this is the ablation knob.
+    score_weight: float = 1.0
 
     def __post_init__(self):
         if self.max_len < 8:
@@ -56,6 +59,8 @@ class ExampleConfig:
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"ExampleConfig.{name}={p} is not a probability")
+        if not self.score_weight > 0:
+            raise ValueError(f"ExampleConfig.score_weight={self.score_weight} must be positive")
 
 
 def epoch_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -159,7 +164,8 @@ def make_example(
     rng: np.random.Generator | int,
     config: ExampleConfig = ExampleConfig(),
 ) -> dict[str, Any]:
-    """Training example {"input_ids", "loss_mask"} (lists, loss_mask 1 on judgement + EOS) plus bookkeeping:
+    """Training example {"input_ids", "loss_mask"} (lists; loss_mask is 1 on judgement + EOS, `score_weight`
+    on the score line's tokens, 0 on the prompt) plus bookkeeping:
     "prompt_len", "truncated" (tuple of TRUNCATABLE fields that were cut), "swapped", "with_reference".
 
     rng: a numpy Generator (see `epoch_rng`) or an int seed for one.
@@ -179,9 +185,16 @@ def make_example(
                          "tokens; the loss mask would be wrong with this tokenizer")
     if len(ids) > config.max_len:  # fit_view guarantees this; kept as a hard check, not an assert
         raise AssertionError(f"question_id {sample.question_id!r}: {len(ids)} tokens after fitting")
+    mask = [0.0] * len(prompt_ids) + [1.0] * (len(ids) - len(prompt_ids))
+    if config.score_weight != 1.0:
+        head = _encode(tokenizer, view.prompt() + view.score_line)
+        if ids[:len(head)] != head:
+            raise ValueError(f"question_id {sample.question_id!r}: the score line's tokens are not a prefix of the "
+                             "judgement's with this tokenizer; score_weight cannot mark them")
+        mask[len(prompt_ids):len(head)] = [config.score_weight] * (len(head) - len(prompt_ids))
     return {
         "input_ids": ids,
-        "loss_mask": [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids)),
+        "loss_mask": mask,
         "prompt_len": len(prompt_ids),
         "truncated": truncated,
         "swapped": view.swapped,
@@ -327,7 +340,7 @@ def epoch_summary(
         counts["truncated"] += bool(ex["truncated"])
         counts.update(f"truncated_{f}" for f in ex["truncated"])
         lengths.append(len(ex["input_ids"]))
-        target_lengths.append(sum(ex["loss_mask"]))
+        target_lengths.append(sum(w > 0 for w in ex["loss_mask"]))
     out: dict[str, Any] = {k: counts.get(k, 0) for k in
                            ("examples", "swapped", "with_reference", "truncated",
                             *(f"truncated_{f}" for f in TRUNCATABLE))}

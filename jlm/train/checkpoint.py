@@ -81,8 +81,8 @@ class Checkpointer:
 
 
 def same_run_fields(meta: dict, current: dict, fields=("model", "init", "model_shape", "lora_rank", "lora_targets",
-                                                         "precision", "global_batch", "weighting", "seq_len",
-                                                         "packing", "seed", "train_data")) -> list[str]:
+                                                         "precision", "global_batch", "weighting", "score_weight",
+                                                         "seq_len", "packing", "seed", "train_data")) -> list[str]:
     """Config fields that differ between a checkpoint and the run resuming it (an exact resume
     needs them equal; lr, logging and the like may change)."""
     old = meta.get("config", {})

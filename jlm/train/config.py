@@ -31,6 +31,7 @@ class TrainConfig:
     packing: bool = False  # JudgeLM pads one sample per row; packing puts several in a row
     swap_prob: float = 0.5  # JudgeLM swap_aug_ratio
     ref_prob: float = 0.5  # JudgeLM ref_drop_ratio (the probability of *showing* the reference)
+    score_weight: float = 1.0  # loss weight of the score line's tokens (JudgeLM: 1; an ablation, see jlm.data)
     shuffle: bool = True
     # ------------------------------------------------------------------------------ batch
     global_batch: int = 128  # rows per optimizer step, whatever the device count (JudgeLM: 128)
@@ -84,6 +85,8 @@ class TrainConfig:
             bad(f"model_shape={self.model_shape!r} is not one of {', '.join(MODEL_SHAPES)}")
         if self.weighting not in ("sample", "token"):
             bad(f"weighting={self.weighting!r}: use 'sample' (JudgeLM) or 'token'")
+        if not self.score_weight > 0:
+            bad(f"score_weight={self.score_weight} must be positive")
         if self.precision not in ("mixed", "bf16", "fp32"):
             bad(f"precision={self.precision!r}: use 'mixed', 'bf16' or 'fp32'")
         if self.schedule not in ("cosine", "constant"):

@@ -60,7 +60,8 @@ def judge_batches(cfg: TrainConfig, samples: Sequence, tokenizer) -> HostRows:
     # with max_steps the stream may need more than `epochs` passes: make it endless
     num_epochs = None if (cfg.max_steps is not None or cfg.packing) else math.ceil(cfg.epochs)
     ds = train_dataset(samples, tokenizer, batch_size=cfg.global_batch,
-                       config=ExampleConfig(max_len=cfg.seq_len, swap_prob=cfg.swap_prob, ref_prob=cfg.ref_prob),
+                       config=ExampleConfig(max_len=cfg.seq_len, swap_prob=cfg.swap_prob, ref_prob=cfg.ref_prob,
+                                            score_weight=cfg.score_weight),
                        seq_len=cfg.seq_len, seed=cfg.seed, num_epochs=num_epochs, shuffle=cfg.shuffle,
                        packing=cfg.packing)
     return HostRows(iter(ds), jax.process_index(), jax.process_count())

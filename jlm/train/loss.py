@@ -86,15 +86,16 @@ def weighted_terms(ce: Array, batch: Mapping[str, Array], weighting: str) -> tup
     """(numerator, denominator, target tokens) of one micro-batch from its per-token CE [B, T];
     see the module docstring.
 
-    batch: `loss_mask` [B, T] (1 where targets[t] is trained), `segment_ids` int [B, T]
+    batch: `loss_mask` [B, T] (the weight of targets[t]: 0 untrained, 1 trained, or the score line's
+    `score_weight`; a sample's loss is its weighted token mean), `segment_ids` int [B, T]
     (0 padding, 1..k samples; optional: one sample per row).
     """
     mask = batch["loss_mask"].astype(jnp.float32)
     # where, not multiply: a padding position may hold inf/NaN and NaN * 0 is NaN
     ce = jnp.where(mask > 0, ce, 0.0) * mask
-    n_tokens = jnp.sum(mask)
+    n_tokens = jnp.sum((mask > 0).astype(jnp.float32))
     if weighting == "token":
-        return jnp.sum(ce), n_tokens, n_tokens
+        return jnp.sum(ce), jnp.sum(mask), n_tokens
     if weighting != "sample":
         raise ValueError(f"weighting={weighting!r}: use 'sample' or 'token'")
     b, t = mask.shape
