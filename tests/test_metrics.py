@@ -11,6 +11,7 @@ from jlm.metrics import (
     judge_metrics,
     kendall_tau,
     macro_prf,
+    margin_auc,
     pandalm_protocol,
     position_consistency,
 )
@@ -134,6 +135,19 @@ def test_judge_metrics_errors():
         judge_metrics([[1, 2]], [[1, 2], [2, 1]])
     with pytest.raises(ValueError, match="no sample"):
         judge_metrics([None, [-1, -1]], [[1, 2], [1, 2]])
+
+
+def test_margin_auc_hand_computed():
+    # 1st-wins margins {3, 1, 0}, 2nd-wins {0, -2}; the tie-labelled sample is ignored.
+    # pairs: 3>0, 3>-2, 1>0, 1>-2, 0=0 (half), 0>-2 -> 5.5 of 6
+    y = [1, 1, 1, -1, -1, 0]
+    m = [3.0, 1.0, 0.0, 0.0, -2.0, 99.0]
+    assert margin_auc(y, m) == pytest.approx(5.5 / 6)
+    assert margin_auc(y, [-x for x in m]) == pytest.approx(0.5 / 6)
+    assert margin_auc(y, [x + 7 for x in m]) == pytest.approx(5.5 / 6)  # a constant offset changes nothing
+    assert margin_auc([1, 1, 0], [1.0, 2.0, 3.0]) is None
+    with pytest.raises(ValueError, match="length"):
+        margin_auc([1, -1], [0.0])
 
 
 def test_confusion_matrix():

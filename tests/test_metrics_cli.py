@@ -70,6 +70,41 @@ def test_eval_without_swapped(judgelm_files, tmp_path):
     assert (out / "position_bias.png").exists()
 
 
+def test_eval_margin_auc_from_distributions(judgelm_files, tmp_path, capsys):
+    """Predictions with jlm's score distribution get margin_auc: of the original order's margins, or of
+    both orders' averaged margins (the swapped record's margin counted for the original answer 1)."""
+    gt, _, _ = judgelm_files
+    rows = [json.loads(x) for x in gt.read_text().splitlines()]
+    rng = np.random.default_rng(1)
+    e1, e2 = rng.uniform(1, 10, len(rows)), rng.uniform(1, 10, len(rows))
+    f1, f2 = rng.uniform(1, 10, len(rows)), rng.uniform(1, 10, len(rows))
+    pred = write_jsonl(tmp_path / "p.jsonl", [
+        {"question_id": r["question_id"], "pred_text": "5 5", "distribution": {"expected": [a, b]}}
+        for r, a, b in zip(rows, e1, e2)])
+    rev = write_jsonl(tmp_path / "r.jsonl", [
+        {"question_id": r["question_id"], "pred_text": "5 5", "distribution": {"expected": [a, b]}}
+        for r, a, b in zip(rows, f1, f2)])
+    keep = [i for i, r in enumerate(rows) if r["text"] != "error"]
+    y = [int(np.sign(rows[i]["score"][0] - rows[i]["score"][1])) for i in keep]
+
+    def hand_auc(margin):
+        pos = [margin[i] for i, t in zip(keep, y) if t == 1]
+        neg = [margin[i] for i, t in zip(keep, y) if t == -1]
+        return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+
+    assert main(["--gt", str(gt), "--pred", str(pred), "--out", str(tmp_path / "a")]) == 0
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert m["margin_auc"] == pytest.approx(hand_auc(e1 - e2))
+    assert "Margin AUC" in (tmp_path / "a" / "report.md").read_text()
+    assert main(["--gt", str(gt), "--pred", str(pred), "--pred-swapped", str(rev), "--out", str(tmp_path / "b")]) == 0
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert m["margin_auc"] == pytest.approx(hand_auc((e1 - e2) - (f1 - f2)))
+    # one record without a distribution: no margin_auc rather than a partial one
+    _, seq, _ = judgelm_files
+    assert main(["--gt", str(gt), "--pred", str(seq), "--out", str(tmp_path / "c")]) == 0
+    assert "margin_auc" not in json.loads((tmp_path / "c" / "metrics.json").read_text())
+
+
 def test_eval_pandalm(tmp_path):
     rows = []
     for i, votes in enumerate([(1, 1, 2), (2, 2, 2), (0, 0, 1), (1, 1, 1), (2, 0, 2)]):

@@ -12,6 +12,9 @@ Ground truth (`--format`, default: guessed from the file):
 Predictions: JSONL with `question_id` and the judge's output (`--pred-field`, default `pred_text`, as written
 by JudgeLM's gen_model_judgement.py); `--pred-swapped` is the same judge run on the inputs with the answers
 swapped. Everything is aligned by question_id; a missing or extra id is an error.
+When every prediction carries jlm's score `distribution` (`jlm judge` records), metrics also get
+`margin_auc`: how well the expected-score margin E[s1] - E[s2] separates the ground truth's "1st wins"
+from its "2nd wins" samples (with --pred-swapped, the margin of the two orders averaged).
 Writes metrics.json, report.md, confusion.png, position_bias.png (and ranking.json when the predictions or
 ground truth carry `answer1_model_id` / `answer2_model_id`).
 """
@@ -36,7 +39,14 @@ from jlm.formats.records import (
     read_pandalm,
 )
 from jlm.formats.scores import parse_scores
-from jlm.metrics.judge import combine_orders, judge_metrics, labels_from_scores, pandalm_protocol, teacher_failed
+from jlm.metrics.judge import (
+    combine_orders,
+    judge_metrics,
+    labels_from_scores,
+    margin_auc,
+    pandalm_protocol,
+    teacher_failed,
+)
 from jlm.metrics.ranking import bradley_terry, kendall_tau
 from jlm.metrics.report import write_report
 
@@ -78,6 +88,20 @@ def _aligned_to_samples(samples: Sequence[JudgeSample], gt_path: str, pred: Keye
     for s in samples:
         if s.question_id not in pred.records:
             raise FormatError(pred.path, None, "question_id", f"no prediction for id {s.question_id!r} of {gt_path}")
+
+
+def _margins(pred: Keyed, swapped: Keyed | None, ids: Sequence) -> np.ndarray | None:
+    """E[s1] - E[s2] of each prediction's score distribution, for answer 1 of the original order (the
+    two orders averaged when there are swapped predictions); None unless every record has one."""
+    def margin(keyed: Keyed, q) -> float | None:
+        d = keyed.records[q].get("distribution")
+        e = d.get("expected") if isinstance(d, dict) else None
+        return float(e[0]) - float(e[1]) if isinstance(e, list) and len(e) == 2 else None
+
+    m = [margin(pred, q) for q in ids]
+    if swapped is not None:
+        m = [None if a is None or (b := margin(swapped, q)) is None else (a - b) / 2 for a, q in zip(m, ids)]
+    return None if not m or any(x is None for x in m) else np.array(m)
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -129,6 +153,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     y_pred_report = combine_orders(y_pred, y_swapped) if fmt != "judgelm" and y_swapped is not None else y_pred
     rankings = _rankings(pairs, y_pred_report, y_true, truth_name)
     metrics = {**metrics, "T": args.T, "format": fmt}
+    margins = _margins(pred, swapped, [ids[i] for i in keep])
+    if margins is not None and (auc := margin_auc(y_true, margins)) is not None:
+        metrics["margin_auc"] = auc
     paths = write_report(
         args.out, metrics, y_true=y_true, y_pred=y_pred_report, y_swapped=y_swapped, protocol=protocol,
         truth_name=truth_name, rankings=rankings,
@@ -165,7 +192,8 @@ def main(argv: list[str]) -> int:
     m = result["metrics"]
     shown = {k: m[k] for k in ("agreement", "precision", "recall", "f1", "consistency", "bias_first",
                                "bias_second", "delta_bias") if k in m}
-    print("  ".join(f"{k} {100 * v:.2f}" for k, v in shown.items()) + f"  n {m['n']}")
+    auc = f"  margin_auc {m['margin_auc']:.3f}" if "margin_auc" in m else ""
+    print("  ".join(f"{k} {100 * v:.2f}" for k, v in shown.items()) + f"{auc}  n {m['n']}")
     print(f"wrote {', '.join(str(p) for p in result['paths'].values())}")
     return 0
 

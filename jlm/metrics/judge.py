@@ -137,6 +137,22 @@ def judge_metrics(
     return out
 
 
+def margin_auc(y_true: Sequence[int], margin: Sequence[float]) -> float | None:
+    """Threshold-free separation of a judge's score margins (e.g. E[s1] - E[s2] of its score distribution):
+    the probability that a random "1st wins" sample has a larger margin than a random "2nd wins" one,
+    ties counting one half (the Mann-Whitney AUC). Tie labels are left out; None without both classes.
+    0.5 is no signal. Unlike agreement it ignores calibration and a constant position offset, so it shows
+    whether a weak judge ranks pairs at all before it learns where to put its tie threshold (not JudgeLM's).
+    """
+    y, m = np.asarray(y_true), np.asarray(margin, dtype=np.float64)
+    _check_lengths(y_true=y, margin=m)
+    pos, neg = m[y == 1], m[y == -1]
+    if not len(pos) or not len(neg):
+        return None
+    diff = pos[:, None] - neg[None, :]
+    return float((np.sum(diff > 0) + 0.5 * np.sum(diff == 0)) / diff.size)
+
+
 def combine_orders(y_seq: Sequence[int], y_swapped: Sequence[int]) -> np.ndarray:
     """PandaLM-protocol verdict: the sequential label where the swapped run agrees with it, else a tie."""
     y_seq, y_swapped = np.asarray(y_seq), np.asarray(y_swapped)

@@ -93,6 +93,9 @@ def markdown_report(metrics: Mapping[str, Any], *, y_true: Sequence[int], y_pred
               "Percent. Precision / recall / F1 are macro averages over the labels present.", ""]
     counts = [k for k in ("n", "n_teacher_failures", "pred_failures", "pred_swapped_failures") if k in metrics]
     lines += [", ".join(f"{k} = {metrics[k]}" for k in counts), ""]
+    if "margin_auc" in metrics:
+        lines += [f"Margin AUC (expected-score margin, 1st-wins vs 2nd-wins samples; 0.5 = no signal): "
+                  f"{metrics['margin_auc']:.3f}", ""]
     cm = confusion_matrix(y_true, y_pred)
     names = [LABEL_NAMES[x] for x in LABELS]
     lines += [f"## Confusion matrix (rows: {truth_name}, columns: judge)", "",
