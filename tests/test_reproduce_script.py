@@ -70,3 +70,32 @@ def test_eval_sets_subsets_stay_aligned(tmp_path):
 
     full = R.eval_sets(data, shared, work, limit=None)
     assert len(full["mtbench"]["samples"]) == 24 and len(full["autoj-human"]["samples"]) == 30
+
+
+def test_evaluate_set_reads_both_readouts_and_the_margin_from_kept_judgements(tmp_path):
+    """Metrics come from the kept judgements file alone: the written line, the distribution's mode,
+    the expected-score margin (margin_auc), parse failures and P(no score line)."""
+    gt = tmp_path / "gt.jsonl"
+    teacher = [(8, 3), (2, 9), (7, 7), (9, 1)]
+    _write(gt, [{"question_id": i, "text": f"{a} {b}\nbecause"} for i, (a, b) in enumerate(teacher)])
+
+    def order(text, mode, expected):
+        return {"pred_text": text, "error": None,
+                "distribution": {"mode": list(mode), "expected": list(expected), "residual": 0.25}}
+
+    rows = [  # swap records speak of the swapped order: answer 1 there is the original answer 2
+        {"question_id": 0, "original": order("8 2", (8, 2), (7.0, 3.0)), "swap": order("2 8", (2, 8), (3.0, 6.0))},
+        {"question_id": 1, "original": order("junk", (3, 9), (3.0, 8.0)), "swap": order("?", (9, 3), (8.0, 2.0))},
+        {"question_id": 2, "original": order("5 5", (5, 5), (5.0, 5.0)), "swap": order("5 5", (5, 5), (5.0, 5.0))},
+        {"question_id": 3, "original": order("9 1", (6, 6), (9.0, 2.0)), "swap": order("1 9", (6, 6), (2.0, 9.0))},
+    ]
+    s = {"gt": gt, "format": "judgelm"}
+    m = R.evaluate_set(rows, s, str(tmp_path / "j.set"), tmp_path / "log.txt")
+    assert m["n"] == 4 and m["parse_failures"] == 1 and m["residual"] == pytest.approx(0.25)
+    assert m["agreement"] == pytest.approx(3 / 4)  # row 1 does not parse: a tie against "2 wins"
+    assert m["mode"]["agreement"] == pytest.approx(3 / 4)  # row 3's mode "6 6" is a tie against "1 wins"
+    # averaged margins (1st wins: rows 0, 3 -> 3.5, 7.0; 2nd wins: row 1 -> -5.5): perfectly separated
+    assert m["margin_auc"] == pytest.approx(1.0) and m["mode"]["margin_auc"] == pytest.approx(1.0)
+    assert (tmp_path / "eval.j.set" / "metrics.json").exists() and (tmp_path / "eval.j.set.mode").is_dir()
+    md = R.results_markdown({"judge": {"mtbench": m}}, {})
+    assert "| judge | written line | 4 | 75.0 |" in md and "| 25% | 25.0% | 1.000 | - |" in md
