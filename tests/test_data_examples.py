@@ -108,12 +108,14 @@ def test_score_weight_marks_exactly_the_score_line():
     ex = make_example(s, TOK, 0, ExampleConfig(swap_prob=0.0, ref_prob=0.0, score_weight=20.0))
     assert ex["input_ids"] == plain["input_ids"]
     heavy = [t for t, m in zip(ex["input_ids"], ex["loss_mask"]) if m == 20.0]
-    assert TOK.decode(heavy) == "3 8"  # the verdict; its newline and the reasons keep weight 1
+    assert TOK.decode(heavy) == "3 8\n"  # the verdict and the newline that ends it; the reasons keep weight 1
     assert [m > 0 for m in ex["loss_mask"]] == [m > 0 for m in plain["loss_mask"]]
     assert epoch_summary([s], TOK, ExampleConfig(score_weight=20.0))["target_tokens_mean"] == \
         epoch_summary([s], TOK, ExampleConfig())["target_tokens_mean"]
     swapped = make_example(s, TOK, 0, ExampleConfig(swap_prob=1.0, ref_prob=1.0, score_weight=20.0))
-    assert TOK.decode([t for t, m in zip(swapped["input_ids"], swapped["loss_mask"]) if m == 20.0]) == "9 2"
+    assert TOK.decode([t for t, m in zip(swapped["input_ids"], swapped["loss_mask"]) if m == 20.0]) == "9 2\n"
+    bare = make_example(sample(judgement="4 6"), TOK, 0, ExampleConfig(swap_prob=0.0, ref_prob=0.0, score_weight=3.0))
+    assert bare["loss_mask"][-5:] == [0.0, 3.0, 3.0, 3.0, 3.0]  # prompt | "4 6" + EOS, the line's end here
     with pytest.raises(ValueError, match="score_weight"):
         ExampleConfig(score_weight=0.0)
 

@@ -191,7 +191,10 @@ def make_example(
         if ids[:len(head)] != head:
             raise ValueError(f"question_id {sample.question_id!r}: the score line's tokens are not a prefix of the "
                              "judgement's with this tokenizer; score_weight cannot mark them")
-        mask[len(prompt_ids):len(head)] = [config.score_weight] * (len(head) - len(prompt_ids))
+        # the token that ends the line (newline, or EOS) is weighted too: with the digits alone
+        # weighted, a CPU pilot learned to run on ("10 10 10 10 ...") in 43% of its score lines
+        end = len(head) + 1
+        mask[len(prompt_ids):end] = [config.score_weight] * (end - len(prompt_ids))
     return {
         "input_ids": ids,
         "loss_mask": mask,
