@@ -51,7 +51,7 @@ run)
   mkdir -p "${OUT:-/tmp/out}"
   (cd "$r" && find . \( -name 'results.*' -o -name 'speed.json' -o -name '*.png' -o -name 'log.*' \
       -o -name 'metrics.json' -o -name '*.metrics.json' -o -name 'report.md' -o -name '*.judgements.*' \
-      -o -name 'log.jsonl' -o -path './runs/*/adapter/*' \) -not -path '*/checkpoints/*' -print0 \
+      -o -path './runs/*/adapter/*' \) -not -path '*/checkpoints/*' -print0 \
       | xargs -0 -r cp --parents -t "${OUT:-/tmp/out}")
   # both orders' texts and score distributions: everything the metrics derive from (pred files are not sent)
   find "${OUT:-/tmp/out}" -name '*.judgements.jsonl' -exec gzip -f {} +

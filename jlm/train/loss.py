@@ -91,9 +91,10 @@ def weighted_terms(ce: Array, batch: Mapping[str, Array], weighting: str) -> tup
     (0 padding, 1..k samples; optional: one sample per row).
     """
     mask = batch["loss_mask"].astype(jnp.float32)
+    trained = mask > 0
     # where, not multiply: a padding position may hold inf/NaN and NaN * 0 is NaN
-    ce = jnp.where(mask > 0, ce, 0.0) * mask
-    n_tokens = jnp.sum((mask > 0).astype(jnp.float32))
+    ce = jnp.where(trained, ce, 0.0) * mask
+    n_tokens = jnp.sum(trained.astype(jnp.float32))
     if weighting == "token":
         return jnp.sum(ce), jnp.sum(mask), n_tokens
     if weighting != "sample":
