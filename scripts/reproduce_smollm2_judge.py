@@ -137,19 +137,27 @@ def judge_set(judge, s: dict, set_name: str, path: Path) -> None:
     path.with_suffix(".time.json").write_text(json.dumps({"seconds": dt, "judgements": 2 * len(res)}))
 
 
+def _bodies(sample) -> dict:
+    """A sample's two answers as JudgeLM's record fields (the sample is a record or a JudgeSample)."""
+    a = sample.answers if hasattr(sample, "answers") else (sample["answer1_body"], sample["answer2_body"])
+    return {"answer1_body": a[0], "answer2_body": a[1]}
+
+
 def evaluate_set(rows: list[dict], s: dict, prefix: str, log: Path) -> dict:
     """`jlm eval` of each readout of the kept judgements (files under the `prefix` path), plus the
     judge's parse failures and P(no score line)."""
     from jlm.formats.scores import parse_scores
     from jlm.metrics.cli import main as eval_main
 
+    # the answer texts go along: `jlm eval` measures the length preference from them
+    bodies = [_bodies(x) for x in s["samples"]]
     m = {}
     for readout, read in READOUTS.items():
         tag = "" if readout == "text" else f".{readout}"
         # the distribution goes along: `jlm eval` reads the expected-score margin from it (margin_auc)
         pred, pred_sw = (write_jsonl(Path(f"{prefix}.pred{tag}{suffix}.jsonl"),
-                                     [{"question_id": r["question_id"], "pred_text": read(r[order]),
-                                       "distribution": r[order]["distribution"]} for r in rows])
+                                     [{"question_id": r["question_id"], **b, "pred_text": read(r[order]),
+                                       "distribution": r[order]["distribution"]} for r, b in zip(rows, bodies)])
                          for suffix, order in (("", "original"), ("_swapped", "swap")))
         edir = Path(prefix).parent / f"eval.{Path(prefix).name}{tag}"
         with open(log, "a") as f:
@@ -212,17 +220,21 @@ def results_markdown(results: dict, meta: dict) -> str:
             vals = " | ".join(f"{100 * r[k]:.1f}" if k in r else "-" for k in METRIC_KEYS)
             if readout == "text" and m.get("residual") is not None:
                 auc = f"{m['margin_auc']:.3f}" if "margin_auc" in m else "-"
+                length = " / ".join(f"{m[k]:+.2f}" if k in m else "-"
+                                    for k in ("length_corr_margin", "length_corr_truth"))
                 extra = (f"{100 * m['parse_failures'] / m['n']:.0f}% | {100 * m['residual']:.1f}% | {auc} | "
-                         f"{m.get('samples_per_s', '-')}")
+                         f"{length} | {m.get('samples_per_s', '-')}")
             else:
-                extra = " | | |"
+                extra = " | | | |"
             out.append(f"| {name} | {label} | {m['n']} | {vals} | {extra} |")
         return out
 
     head = ("| judge | verdict read from | n | agreement | precision | recall | F1 | consistency | bias 1st "
-            "| bias 2nd | delta bias | no score line | P(no score line) | margin AUC | judgements/s |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    lines = [f"# SmolLM2-135M-Instruct as a JudgeLM judge\n", f"Run: {json.dumps(meta)}\n"]
+            "| bias 2nd | delta bias | no score line | P(no score line) | margin AUC | length r (judge / truth) "
+            "| judgements/s |\n|" + "---|" * 16)
+    lines = [f"# SmolLM2-135M-Instruct as a JudgeLM judge\n", f"Run: {json.dumps(meta)}\n",
+             "Length r: Pearson r of the judge's expected-score margin (both orders averaged) and of the "
+             "ground truth's verdicts with log(len1 / len2); > 0 favours the longer answer.\n"]
     for set_name, title in (("mtbench", "Held-out MT-bench questions, GPT-4 teacher, no reference (table 1)"),
                             ("mtbench+ref", "Held-out questions with a reference shown (table 6)"),
                             ("autoj-human", "Auto-J pairwise test set, human labels, PandaLM protocol")):

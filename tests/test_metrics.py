@@ -10,6 +10,7 @@ from jlm.metrics import (
     confusion_matrix,
     judge_metrics,
     kendall_tau,
+    length_correlation,
     macro_prf,
     margin_auc,
     pandalm_protocol,
@@ -148,6 +149,22 @@ def test_margin_auc_hand_computed():
     assert margin_auc([1, 1, 0], [1.0, 2.0, 3.0]) is None
     with pytest.raises(ValueError, match="length"):
         margin_auc([1, -1], [0.0])
+
+
+def test_length_correlation_hand_computed():
+    # log length ratios log(1 + len1) - log(1 + len2): +log 10, 0, -log 10 -> perfectly tracked by 1, 0, -1
+    lengths = [(9, 0), (4, 4), (0, 9)]
+    assert length_correlation([1, 0, -1], lengths) == pytest.approx(1.0)
+    assert length_correlation([-2.0, 0.0, 2.0], lengths) == pytest.approx(-1.0)
+    # ratios x = (log 2, 0, 0, -log 2), values y = (1, 1, -1, -1): r = sum(dx dy) / sqrt(sum dx^2 sum dy^2)
+    x = np.log([2.0, 1.0, 1.0, 0.5])
+    dx, dy = x - x.mean(), np.array([1.0, 1.0, -1.0, -1.0])
+    want = float(np.sum(dx * dy) / np.sqrt(np.sum(dx ** 2) * np.sum(dy ** 2)))
+    assert length_correlation([1, 1, -1, -1], [(1, 0), (5, 5), (0, 0), (0, 1)]) == pytest.approx(want)
+    assert length_correlation([0, 0, 0], lengths) is None  # an always-tie judge has no preference to measure
+    assert length_correlation([1, -1], [(3, 3), (7, 7)]) is None
+    with pytest.raises(ValueError, match="length"):
+        length_correlation([1, -1], [(1, 2)])
 
 
 def test_confusion_matrix():

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jlm.metrics import judge_metrics, pandalm_protocol
+from jlm.metrics import judge_metrics, length_correlation, pandalm_protocol
 from jlm.metrics.cli import guess_format, main
 
 KEYS = ("agreement", "precision", "recall", "f1", "consistency", "bias_first", "bias_second", "delta_bias", "n")
@@ -103,6 +103,36 @@ def test_eval_margin_auc_from_distributions(judgelm_files, tmp_path, capsys):
     _, seq, _ = judgelm_files
     assert main(["--gt", str(gt), "--pred", str(seq), "--out", str(tmp_path / "c")]) == 0
     assert "margin_auc" not in json.loads((tmp_path / "c" / "metrics.json").read_text())
+
+
+def test_eval_length_correlations(judgelm_files, tmp_path):
+    """With the answer texts in the predictions (as `jlm judge` writes them), the teacher's labels, the
+    judge's verdicts and its (two-order) margins are each correlated with the answers' length ratio."""
+    gt, seq, _ = judgelm_files
+    rows = [json.loads(x) for x in gt.read_text().splitlines()]
+    rng = np.random.default_rng(2)
+    n1, n2 = rng.integers(1, 400, len(rows)), rng.integers(1, 400, len(rows))
+    e1, e2 = rng.uniform(1, 10, len(rows)), rng.uniform(1, 10, len(rows))
+    texts = [json.loads(x)["pred_text"] for x in seq.read_text().splitlines()]
+    pred = write_jsonl(tmp_path / "p.jsonl", [
+        {"question_id": r["question_id"], "answer1_body": "a" * a, "answer2_body": "b" * b, "pred_text": t,
+         "distribution": {"expected": [x, y]}} for r, a, b, t, x, y in zip(rows, n1, n2, texts, e1, e2)])
+    rev = write_jsonl(tmp_path / "r.jsonl", [  # swapped input: its answer 1 is the original answer 2
+        {"question_id": r["question_id"], "answer1_body": "b" * b, "answer2_body": "a" * a, "pred_text": "5 5",
+         "distribution": {"expected": [y, x]}} for r, a, b, x, y in zip(rows, n1, n2, e1, e2)])
+    assert main(["--gt", str(gt), "--pred", str(pred), "--pred-swapped", str(rev), "--out", str(tmp_path / "o")]) == 0
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    keep = [i for i, r in enumerate(rows) if r["text"] != "error"]
+    lengths = [(n1[i], n2[i]) for i in keep]
+    teacher = [np.sign(rows[i]["score"][0] - rows[i]["score"][1]) for i in keep]
+    judge = [0 if i == 3 else np.sign(int(texts[i].split()[0]) - int(texts[i].split()[1])) for i in keep]
+    assert m["length_corr_truth"] == pytest.approx(length_correlation(teacher, lengths))
+    assert m["length_corr_judge"] == pytest.approx(length_correlation(judge, lengths))
+    assert m["length_corr_margin"] == pytest.approx(length_correlation([e1[i] - e2[i] for i in keep], lengths))
+    assert "Length preference" in (tmp_path / "o" / "report.md").read_text()
+    # no answer texts anywhere: no length metrics
+    assert main(["--gt", str(gt), "--pred", str(seq), "--out", str(tmp_path / "n")]) == 0
+    assert not any(k.startswith("length_corr") for k in json.loads((tmp_path / "n" / "metrics.json").read_text()))
 
 
 def test_eval_pandalm(tmp_path):

@@ -89,13 +89,18 @@ def test_evaluate_set_reads_both_readouts_and_the_margin_from_kept_judgements(tm
         {"question_id": 2, "original": order("5 5", (5, 5), (5.0, 5.0)), "swap": order("5 5", (5, 5), (5.0, 5.0))},
         {"question_id": 3, "original": order("9 1", (6, 6), (9.0, 2.0)), "swap": order("1 9", (6, 6), (2.0, 9.0))},
     ]
-    s = {"gt": gt, "format": "judgelm"}
+    lengths = [(90, 9), (9, 90), (40, 40), (500, 50)]  # the longer answer wins rows 0 and 3, loses row 1
+    samples = [{"answer1_body": "x" * a, "answer2_body": "y" * b} for a, b in lengths]
+    s = {"gt": gt, "format": "judgelm", "samples": samples}
     m = R.evaluate_set(rows, s, str(tmp_path / "j.set"), tmp_path / "log.txt")
     assert m["n"] == 4 and m["parse_failures"] == 1 and m["residual"] == pytest.approx(0.25)
     assert m["agreement"] == pytest.approx(3 / 4)  # row 1 does not parse: a tie against "2 wins"
     assert m["mode"]["agreement"] == pytest.approx(3 / 4)  # row 3's mode "6 6" is a tie against "1 wins"
     # averaged margins (1st wins: rows 0, 3 -> 3.5, 7.0; 2nd wins: row 1 -> -5.5): perfectly separated
     assert m["margin_auc"] == pytest.approx(1.0) and m["mode"]["margin_auc"] == pytest.approx(1.0)
+    # the answer texts reach jlm eval: teacher and judge margins lean the same way on length
+    assert m["length_corr_truth"] > 0.8 and m["length_corr_margin"] > 0.8
     assert (tmp_path / "eval.j.set" / "metrics.json").exists() and (tmp_path / "eval.j.set.mode").is_dir()
     md = R.results_markdown({"judge": {"mtbench": m}}, {})
-    assert "| judge | written line | 4 | 75.0 |" in md and "| 25% | 25.0% | 1.000 | - |" in md
+    length = f"{m['length_corr_margin']:+.2f} / {m['length_corr_truth']:+.2f}"
+    assert "| judge | written line | 4 | 75.0 |" in md and f"| 25% | 25.0% | 1.000 | {length} | - |" in md

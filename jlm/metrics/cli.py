@@ -15,6 +15,9 @@ swapped. Everything is aligned by question_id; a missing or extra id is an error
 When every prediction carries jlm's score `distribution` (`jlm judge` records), metrics also get
 `margin_auc`: how well the expected-score margin E[s1] - E[s2] separates the ground truth's "1st wins"
 from its "2nd wins" samples (with --pred-swapped, the margin of the two orders averaged).
+When the answer texts are known (`answer1_body` / `answer2_body` in the ground truth or the predictions;
+always for PandaLM and Auto-J), `length_corr_*` measure verbosity: the Pearson r of the ground truth's
+labels, the judge's verdicts and its margins with log(len1 / len2); > 0 favours the longer answer.
 Writes metrics.json, report.md, confusion.png, position_bias.png (and ranking.json when the predictions or
 ground truth carry `answer1_model_id` / `answer2_model_id`).
 """
@@ -43,6 +46,7 @@ from jlm.metrics.judge import (
     combine_orders,
     judge_metrics,
     labels_from_scores,
+    length_correlation,
     margin_auc,
     pandalm_protocol,
     teacher_failed,
@@ -104,6 +108,14 @@ def _margins(pred: Keyed, swapped: Keyed | None, ids: Sequence) -> np.ndarray | 
     return None if not m or any(x is None for x in m) else np.array(m)
 
 
+def _answer_lengths(records: Sequence[dict]) -> list[tuple[int, int]] | None:
+    """(len(answer1_body), len(answer2_body)) of each record; None unless every record has both."""
+    bodies = [(r.get("answer1_body"), r.get("answer2_body")) for r in records]
+    if not bodies or not all(isinstance(a, str) and isinstance(b, str) for a, b in bodies):
+        return None
+    return [(len(a), len(b)) for a, b in bodies]
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     fmt = guess_format(args.gt) if args.format == "auto" else args.format
     pred = read_keyed(args.pred, args.pred_field)
@@ -127,6 +139,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         y_true = labels_from_scores([gt_scores[i] for i in keep], args.T)
         truth_name, protocol = "teacher", "JudgeLM (teacher failures dropped; judge failures are ties)"
         pairs = [_model_ids(pred.records[ids[i]]) or _model_ids(gt.records[ids[i]]) for i in keep]
+        lengths = _answer_lengths([gt.records[ids[i]] for i in keep]) or _answer_lengths(
+            [pred.records[ids[i]] for i in keep])
     elif fmt in ("pandalm", "autoj"):
         samples = read_pandalm(args.gt) if fmt == "pandalm" else read_autoj_pairwise(args.gt)
         for other in (pred, swapped):
@@ -144,6 +158,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             metrics["n_gt_dropped"] = sum(samples.dropped.values())
         pairs = [_model_ids(pred.records[q]) or (tuple(s.model_ids) if len(s.model_ids) == 2 else None)
                  for q, s in zip(ids, samples)]
+        lengths = [(len(s.answers[0]), len(s.answers[1])) for s in samples]
     else:
         raise ValueError(f"unknown format {fmt!r}")
 
@@ -156,6 +171,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     margins = _margins(pred, swapped, [ids[i] for i in keep])
     if margins is not None and (auc := margin_auc(y_true, margins)) is not None:
         metrics["margin_auc"] = auc
+    if lengths is not None:
+        for key, values in (("truth", y_true), ("judge", y_pred_report), ("margin", margins)):
+            if values is not None and (r := length_correlation(values, lengths)) is not None:
+                metrics[f"length_corr_{key}"] = r
     paths = write_report(
         args.out, metrics, y_true=y_true, y_pred=y_pred_report, y_swapped=y_swapped, protocol=protocol,
         truth_name=truth_name, rankings=rankings,

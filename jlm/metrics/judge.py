@@ -153,6 +153,21 @@ def margin_auc(y_true: Sequence[int], margin: Sequence[float]) -> float | None:
     return float((np.sum(diff > 0) + 0.5 * np.sum(diff == 0)) / diff.size)
 
 
+def length_correlation(values: Sequence[float], answer_lengths: Sequence[tuple[int, int]]) -> float | None:
+    """Verbosity: Pearson r between per-sample values that speak for answer 1 (verdict labels, score
+    margins) and the log length ratio log((1 + len1) / (1 + len2)) of the two answers, in characters.
+    r > 0 leans toward the longer answer. None where either side is constant (e.g. a judge that always
+    ties). Not JudgeLM's; compare a judge's r with the ground truth's to see a learnt length preference.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    n = np.asarray(answer_lengths, dtype=np.float64).reshape(-1, 2)
+    _check_lengths(values=v, answer_lengths=n)
+    ratio = np.log1p(n[:, 0]) - np.log1p(n[:, 1])
+    if len(v) < 2 or np.ptp(v) == 0 or np.ptp(ratio) == 0:
+        return None
+    return float(np.corrcoef(v, ratio)[0, 1])
+
+
 def combine_orders(y_seq: Sequence[int], y_swapped: Sequence[int]) -> np.ndarray:
     """PandaLM-protocol verdict: the sequential label where the swapped run agrees with it, else a tie."""
     y_seq, y_swapped = np.asarray(y_seq), np.asarray(y_swapped)

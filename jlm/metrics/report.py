@@ -96,6 +96,12 @@ def markdown_report(metrics: Mapping[str, Any], *, y_true: Sequence[int], y_pred
     if "margin_auc" in metrics:
         lines += [f"Margin AUC (expected-score margin, 1st-wins vs 2nd-wins samples; 0.5 = no signal): "
                   f"{metrics['margin_auc']:.3f}", ""]
+    corr = {name: metrics[f"length_corr_{key}"] for key, name in
+            (("truth", truth_name), ("judge", "judge verdicts"), ("margin", "judge margins"))
+            if f"length_corr_{key}" in metrics}
+    if corr:
+        lines += ["Length preference (Pearson r with log(len1 / len2); > 0 favours the longer answer): "
+                  + ", ".join(f"{k} {v:+.3f}" for k, v in corr.items()), ""]
     cm = confusion_matrix(y_true, y_pred)
     names = [LABEL_NAMES[x] for x in LABELS]
     lines += [f"## Confusion matrix (rows: {truth_name}, columns: judge)", "",
