@@ -87,9 +87,12 @@ def eval_sets(data: Path, shared: Path, work: Path, limit: int | None) -> dict[s
     val_all = read_jsonl(data / "val.jsonl")
     val = [val_all[i] for i in spread(len(val_all), limit)]
     ids = {r["question_id"] for r in val}
-    gt = [r for r in read_jsonl(data / "val_gpt4.jsonl") if r["question_id"] in ids]
+    # the answer texts ride with the ground truth: `jlm eval` measures the length preference from them
+    bodies = {r["question_id"]: {k: r[k] for k in ("answer1_body", "answer2_body")} for r in val_all}
+    gt = [{**r, **bodies[r["question_id"]]} for r in read_jsonl(data / "val_gpt4.jsonl") if r["question_id"] in ids]
     refs = {r["question_id"]: r["reference"] for r in read_jsonl(data / "val_references.jsonl")}
-    gt_ref = {r["question_id"]: r for r in read_jsonl(data / "val_gpt4_with_reference.jsonl")}
+    gt_ref = {r["question_id"]: {**r, **bodies[r["question_id"]]}
+              for r in read_jsonl(data / "val_gpt4_with_reference.jsonl")}
     with_ref = [r for r in val_all if refs.get(r["question_id"])]
     with_ref = [with_ref[i] for i in spread(len(with_ref), limit)]
     autoj_path = shared / "data" / "autoj" / "test" / "testdata_pairwise.jsonl.gz"
@@ -137,27 +140,19 @@ def judge_set(judge, s: dict, set_name: str, path: Path) -> None:
     path.with_suffix(".time.json").write_text(json.dumps({"seconds": dt, "judgements": 2 * len(res)}))
 
 
-def _bodies(sample) -> dict:
-    """A sample's two answers as JudgeLM's record fields (the sample is a record or a JudgeSample)."""
-    a = sample.answers if hasattr(sample, "answers") else (sample["answer1_body"], sample["answer2_body"])
-    return {"answer1_body": a[0], "answer2_body": a[1]}
-
-
 def evaluate_set(rows: list[dict], s: dict, prefix: str, log: Path) -> dict:
     """`jlm eval` of each readout of the kept judgements (files under the `prefix` path), plus the
     judge's parse failures and P(no score line)."""
     from jlm.formats.scores import parse_scores
     from jlm.metrics.cli import main as eval_main
 
-    # the answer texts go along: `jlm eval` measures the length preference from them
-    bodies = [_bodies(x) for x in s["samples"]]
     m = {}
     for readout, read in READOUTS.items():
         tag = "" if readout == "text" else f".{readout}"
         # the distribution goes along: `jlm eval` reads the expected-score margin from it (margin_auc)
         pred, pred_sw = (write_jsonl(Path(f"{prefix}.pred{tag}{suffix}.jsonl"),
-                                     [{"question_id": r["question_id"], **b, "pred_text": read(r[order]),
-                                       "distribution": r[order]["distribution"]} for r, b in zip(rows, bodies)])
+                                     [{"question_id": r["question_id"], "pred_text": read(r[order]),
+                                       "distribution": r[order]["distribution"]} for r in rows])
                          for suffix, order in (("", "original"), ("_swapped", "swap")))
         edir = Path(prefix).parent / f"eval.{Path(prefix).name}{tag}"
         with open(log, "a") as f:

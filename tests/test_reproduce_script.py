@@ -57,6 +57,7 @@ def test_eval_sets_subsets_stay_aligned(tmp_path):
     assert {r["metadata"]["category"] for r in mt["samples"]} == set(cats)
     gt = R.read_jsonl(mt["gt"])
     assert [g["question_id"] for g in gt] == [r["question_id"] for r in mt["samples"]]
+    assert all(g["answer1_body"] == "a" and g["answer2_body"] == "b" for g in gt)  # for jlm eval's length_corr_*
 
     ref = sets["mtbench+ref"]
     assert len(ref["samples"]) == 8 and {r["question_id"] for r in ref["samples"]} <= with_ref
@@ -77,7 +78,9 @@ def test_evaluate_set_reads_both_readouts_and_the_margin_from_kept_judgements(tm
     the expected-score margin (margin_auc), parse failures and P(no score line)."""
     gt = tmp_path / "gt.jsonl"
     teacher = [(8, 3), (2, 9), (7, 7), (9, 1)]
-    _write(gt, [{"question_id": i, "text": f"{a} {b}\nbecause"} for i, (a, b) in enumerate(teacher)])
+    lengths = [(90, 9), (9, 90), (40, 40), (500, 50)]  # the longer answer wins rows 0 and 3, loses row 1
+    _write(gt, [{"question_id": i, "text": f"{a} {b}\nbecause", "answer1_body": "x" * n1, "answer2_body": "y" * n2}
+                for i, ((a, b), (n1, n2)) in enumerate(zip(teacher, lengths))])
 
     def order(text, mode, expected):
         return {"pred_text": text, "error": None,
@@ -89,16 +92,14 @@ def test_evaluate_set_reads_both_readouts_and_the_margin_from_kept_judgements(tm
         {"question_id": 2, "original": order("5 5", (5, 5), (5.0, 5.0)), "swap": order("5 5", (5, 5), (5.0, 5.0))},
         {"question_id": 3, "original": order("9 1", (6, 6), (9.0, 2.0)), "swap": order("1 9", (6, 6), (2.0, 9.0))},
     ]
-    lengths = [(90, 9), (9, 90), (40, 40), (500, 50)]  # the longer answer wins rows 0 and 3, loses row 1
-    samples = [{"answer1_body": "x" * a, "answer2_body": "y" * b} for a, b in lengths]
-    s = {"gt": gt, "format": "judgelm", "samples": samples}
+    s = {"gt": gt, "format": "judgelm"}
     m = R.evaluate_set(rows, s, str(tmp_path / "j.set"), tmp_path / "log.txt")
     assert m["n"] == 4 and m["parse_failures"] == 1 and m["residual"] == pytest.approx(0.25)
     assert m["agreement"] == pytest.approx(3 / 4)  # row 1 does not parse: a tie against "2 wins"
     assert m["mode"]["agreement"] == pytest.approx(3 / 4)  # row 3's mode "6 6" is a tie against "1 wins"
     # averaged margins (1st wins: rows 0, 3 -> 3.5, 7.0; 2nd wins: row 1 -> -5.5): perfectly separated
     assert m["margin_auc"] == pytest.approx(1.0) and m["mode"]["margin_auc"] == pytest.approx(1.0)
-    # the answer texts reach jlm eval: teacher and judge margins lean the same way on length
+    # the answer texts in the ground truth reach jlm eval: teacher and judge margins lean the same way on length
     assert m["length_corr_truth"] > 0.8 and m["length_corr_margin"] > 0.8
     assert (tmp_path / "eval.j.set" / "metrics.json").exists() and (tmp_path / "eval.j.set.mode").is_dir()
     md = R.results_markdown({"judge": {"mtbench": m}}, {})
