@@ -13,8 +13,9 @@ augmentation; swap + reference support/drop; the last also as a LoRA adapter ove
 base, the small artefact README's main job could ship, and that adapter again with the score line's
 loss weighted 50x, jlm's ablation); judge the held-out questions in both answer
 orders (with references where MT-bench has them, for the reference ablation) and the human-labelled
-Auto-J pairwise test set; `jlm eval` each (two readouts: the written line and the most probable score line; plus the
-margin AUC of the expected scores); time scores-only judging; write a JudgeLM-style results
+Auto-J pairwise test set; `jlm eval` each (three readouts: the written line, the most probable score
+line, the most probable verdict; plus the margin AUC of the expected scores); time scores-only
+judging; write a JudgeLM-style results
 table (tables 1, 5, 6 of the paper) to OUT/results.md, the raw metrics to OUT/results.json and every
 variant's loss curve to OUT/loss_curves.png (confusion matrices: OUT/work/eval.*/confusion.png).
 Every finished step is kept: rerunning after a kill resumes (training from its last checkpoint).
@@ -116,13 +117,12 @@ def _text(ref):
     return ref["text"] if isinstance(ref, dict) else ref
 
 
-# How a verdict is read off one order's kept judgement: JudgeLM's way (the first line the judge writes,
-# a line that does not parse counting as a tie), and the most probable of the 100 valid score lines
-# (the mode of jlm's score distribution), which still gives a verdict when the text is no score line.
-READOUTS = {
-    "text": lambda j: j["pred_text"],
-    "mode": lambda j: "{} {}".format(*j["distribution"]["mode"]) if j["distribution"] else "",  # None: not judged
-}
+# How `jlm eval` reads a verdict off each kept judgement (--readout): JudgeLM's way (the first line the
+# judge writes, a line that does not parse counting as a tie); the most probable of the 100 valid score
+# lines (the mode of jlm's score distribution), which gives a verdict even when the text is no score line;
+# and the most probable verdict under that distribution, both orders' probabilities averaged.
+READOUTS = {"text": "written line", "mode": "most probable score line",
+            "p_win": "most probable verdict, orders averaged"}
 
 
 def judge_set(judge, s: dict, set_name: str, path: Path) -> None:
@@ -146,19 +146,17 @@ def evaluate_set(rows: list[dict], s: dict, prefix: str, log: Path) -> dict:
     from jlm.formats.scores import parse_scores
     from jlm.metrics.cli import main as eval_main
 
+    pred, pred_sw = (write_jsonl(Path(f"{prefix}.pred{suffix}.jsonl"),
+                                 [{"question_id": r["question_id"], "pred_text": r[order]["pred_text"],
+                                   "distribution": r[order]["distribution"]} for r in rows])
+                     for suffix, order in (("", "original"), ("_swapped", "swap")))
     m = {}
-    for readout, read in READOUTS.items():
-        tag = "" if readout == "text" else f".{readout}"
-        # the distribution goes along: `jlm eval` reads the expected-score margin from it (margin_auc)
-        pred, pred_sw = (write_jsonl(Path(f"{prefix}.pred{tag}{suffix}.jsonl"),
-                                     [{"question_id": r["question_id"], "pred_text": read(r[order]),
-                                       "distribution": r[order]["distribution"]} for r in rows])
-                         for suffix, order in (("", "original"), ("_swapped", "swap")))
-        edir = Path(prefix).parent / f"eval.{Path(prefix).name}{tag}"
+    for readout in READOUTS:
+        edir = Path(prefix).parent / f"eval.{Path(prefix).name}{'' if readout == 'text' else '.' + readout}"
         with open(log, "a") as f:
-            f.write(f"+ jlm eval {Path(prefix).name} ({readout})\n")
+            f.write(f"+ jlm eval {Path(prefix).name} --readout {readout}\n")
         rc = eval_main(["--gt", str(s["gt"]), "--pred", str(pred), "--pred-swapped", str(pred_sw),
-                        "--format", s["format"], "--out", str(edir)])
+                        "--format", s["format"], "--readout", readout, "--out", str(edir)])
         if rc:
             raise SystemExit(f"jlm eval failed for {Path(prefix).name} (exit {rc})")
         m[readout] = json.loads((edir / "metrics.json").read_text())
@@ -208,7 +206,7 @@ def results_markdown(results: dict, meta: dict) -> str:
         if m is None:
             return []
         out = []
-        for readout, label in (("text", "written line"), ("mode", "most probable score line")):
+        for readout, label in READOUTS.items():
             r = m if readout == "text" else m.get(readout)
             if r is None:
                 continue

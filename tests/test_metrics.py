@@ -13,8 +13,10 @@ from jlm.metrics import (
     length_correlation,
     macro_prf,
     margin_auc,
+    p_win_labels,
     pandalm_protocol,
     position_consistency,
+    verdict_metrics,
 )
 
 
@@ -165,6 +167,34 @@ def test_length_correlation_hand_computed():
     assert length_correlation([1, -1], [(3, 3), (7, 7)]) is None
     with pytest.raises(ValueError, match="length"):
         length_correlation([1, -1], [(1, 2)])
+
+
+def test_p_win_labels_hand_computed():
+    p = [[0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.3, 0.4, 0.3], [0.4, 0.2, 0.4], None]
+    # the most probable verdict; an exact draw between the winners (sample 3) and no distribution are ties
+    assert p_win_labels(p).tolist() == [1, -1, 0, 0, 0]
+    # swapped run, in its own order: [P(its 1st = our 2nd wins), tie, P(its 2nd = our 1st wins)]
+    q = [[0.6, 0.1, 0.3], [0.1, 0.2, 0.7], None, [0.1, 0.1, 0.8], [0.7, 0.2, 0.1]]
+    # averaged for the original order: [0.4, 0.2, 0.4] tie; [0.45, 0.25, 0.3] 1st; p alone 0;
+    # [0.6, 0.15, 0.25] 1st; q alone, back to the original order [0.1, 0.2, 0.7]: 2nd
+    assert p_win_labels(p, q).tolist() == [0, 1, 0, 1, -1]
+    # a judge that always prefers the first position by the same margin cancels out
+    bias = [[0.5, 0.2, 0.3]] * 2
+    assert p_win_labels(bias).tolist() == [1, 1] and p_win_labels(bias, bias).tolist() == [0, 0]
+    with pytest.raises(ValueError, match="sample 0 has 2"):
+        p_win_labels([[0.5, 0.5]])
+    with pytest.raises(ValueError):
+        p_win_labels(p, q[:2])
+
+
+def test_verdict_metrics_reported_vs_sequential():
+    y_true, seq, swp, rep = [1, 0, -1, 1], [1, 1, -1, -1], [-1, 1, 1, 1], [1, 0, -1, 0]
+    m = verdict_metrics(y_true, seq, swp, rep)
+    assert m["agreement"] == pytest.approx(3 / 4) and m["agreement_sequential"] == pytest.approx(2 / 4)
+    assert (m["precision"], m["recall"], m["f1"]) == pytest.approx(macro_prf(y_true, rep))
+    # flipped seq [-1, -1, 1, 1] vs swapped [-1, 1, 1, 1]: one differs, d = -2 < 0 -> 1st position
+    assert m["consistency"] == pytest.approx(3 / 4) and m["bias_first"] == pytest.approx(1 / 4)
+    assert "agreement_sequential" not in verdict_metrics(y_true, seq, swp) and m["n"] == 4
 
 
 def test_confusion_matrix():

@@ -135,6 +135,61 @@ def test_eval_length_correlations(judgelm_files, tmp_path):
     assert not any(k.startswith("length_corr") for k in json.loads((tmp_path / "n" / "metrics.json").read_text()))
 
 
+def test_eval_readouts_from_distributions(judgelm_files, tmp_path):
+    """--readout mode reads each record's most probable score line, --readout p_win its most probable
+    verdict, reported for the two orders' probabilities averaged; a null distribution is a failure (tie)."""
+    gt, _, _ = judgelm_files
+    rows = [json.loads(x) for x in gt.read_text().splitlines()]
+    rng = np.random.default_rng(3)
+    modes, modes_rev = rng.integers(1, 11, (len(rows), 2)), rng.integers(1, 11, (len(rows), 2))
+    pw, pw_rev = rng.dirichlet([1, 1, 1], len(rows)), rng.dirichlet([1, 1, 1], len(rows))
+
+    def record(r, mode, p, i):
+        dist = None if i == 5 else {"mode": mode.tolist(), "p_win": p.tolist(), "expected": [5.0, 5.0]}
+        return {"question_id": r["question_id"], "pred_text": "garbage", "distribution": dist}
+
+    pred = write_jsonl(tmp_path / "p.jsonl", [record(r, m, p, i) for i, (r, m, p) in enumerate(zip(rows, modes, pw))])
+    rev = write_jsonl(tmp_path / "r.jsonl", [record(r, m, p, -1) for r, m, p in zip(rows, modes_rev, pw_rev)])
+    args = ["--gt", str(gt), "--pred", str(pred), "--pred-swapped", str(rev)]
+
+    assert main([*args, "--readout", "mode", "--out", str(tmp_path / "m")]) == 0
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    want = judge_metrics([r["text"] for r in rows], [None if i == 5 else list(x) for i, x in enumerate(modes)],
+                         [list(x) for x in modes_rev])
+    for k in KEYS:
+        assert m[k] == pytest.approx(want[k])
+    assert m["pred_failures"] == 1 and m["readout"] == "mode"
+
+    assert main([*args, "--readout", "p_win", "--out", str(tmp_path / "w")]) == 0
+    m = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    keep = [i for i, r in enumerate(rows) if r["text"] != "error"]
+    label = {0: 1, 1: 0, 2: -1}
+    truth = [int(np.sign(rows[i]["score"][0] - rows[i]["score"][1])) for i in keep]
+    first = [0 if i == 5 else label[int(np.argmax(pw[i]))] for i in keep]
+    second = [label[int(np.argmax(pw_rev[i]))] for i in keep]  # in the swapped run's own order
+    both = [label[int(np.argmax(pw_rev[i][::-1] if i == 5 else (pw[i] + pw_rev[i][::-1]) / 2))] for i in keep]
+    assert m["agreement"] == pytest.approx(np.mean(np.array(both) == truth))
+    assert m["agreement_sequential"] == pytest.approx(np.mean(np.array(first) == truth))
+    assert m["consistency"] == pytest.approx(np.mean(-np.array(first) == np.array(second)))
+    assert m["pred_failures"] == 1 and m["n"] == len(keep)
+    assert "probabilities averaged" in (tmp_path / "w" / "report.md").read_text()
+
+
+def test_eval_readout_errors_name_file_line_field(judgelm_files, tmp_path, capsys):
+    gt, seq, _ = judgelm_files
+    assert main(["--gt", str(gt), "--pred", str(seq), "--readout", "p_win", "--out", str(tmp_path / "o")]) == 2
+    assert f"{seq}:1: field 'distribution': missing" in capsys.readouterr().err
+    rows = [{**json.loads(x), "distribution": {"p_win": [0.5, 0.5], "mode": [3, 4]}}
+            for x in seq.read_text().splitlines()]
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows)
+    assert main(["--gt", str(gt), "--pred", str(bad), "--readout", "p_win", "--out", str(tmp_path / "o")]) == 2
+    assert f"{bad}:1: field 'distribution.p_win': expected a list of 3 numbers" in capsys.readouterr().err
+    assert main(["--gt", str(gt), "--pred", str(bad), "--readout", "mode", "--out", str(tmp_path / "o")]) == 0
+    assert main(["--gt", str(gt), "--pred", str(bad), "--readout", "p_win", "--T", "1",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "no tie threshold" in capsys.readouterr().err
+
+
 def test_eval_pandalm(tmp_path):
     rows = []
     for i, votes in enumerate([(1, 1, 2), (2, 2, 2), (0, 0, 1), (1, 1, 1), (2, 0, 2)]):

@@ -73,30 +73,35 @@ def test_eval_sets_subsets_stay_aligned(tmp_path):
     assert len(full["mtbench"]["samples"]) == 24 and len(full["autoj-human"]["samples"]) == 30
 
 
-def test_evaluate_set_reads_both_readouts_and_the_margin_from_kept_judgements(tmp_path):
-    """Metrics come from the kept judgements file alone: the written line, the distribution's mode,
-    the expected-score margin (margin_auc), parse failures and P(no score line)."""
+def test_evaluate_set_reads_every_readout_and_the_margin_from_kept_judgements(tmp_path):
+    """Metrics come from the kept judgements file alone: the written line, the distribution's mode and
+    its most probable verdict, the expected-score margin (margin_auc), parse failures and P(no score line)."""
     gt = tmp_path / "gt.jsonl"
     teacher = [(8, 3), (2, 9), (7, 7), (9, 1)]
     lengths = [(90, 9), (9, 90), (40, 40), (500, 50)]  # the longer answer wins rows 0 and 3, loses row 1
     _write(gt, [{"question_id": i, "text": f"{a} {b}\nbecause", "answer1_body": "x" * n1, "answer2_body": "y" * n2}
                 for i, ((a, b), (n1, n2)) in enumerate(zip(teacher, lengths))])
 
-    def order(text, mode, expected):
-        return {"pred_text": text, "error": None,
-                "distribution": {"mode": list(mode), "expected": list(expected), "residual": 0.25}}
+    def order(text, mode, expected, p_win=(0.2, 0.6, 0.2)):
+        return {"pred_text": text, "error": None, "distribution": {
+            "mode": list(mode), "expected": list(expected), "p_win": list(p_win), "residual": 0.25}}
 
     rows = [  # swap records speak of the swapped order: answer 1 there is the original answer 2
         {"question_id": 0, "original": order("8 2", (8, 2), (7.0, 3.0)), "swap": order("2 8", (2, 8), (3.0, 6.0))},
         {"question_id": 1, "original": order("junk", (3, 9), (3.0, 8.0)), "swap": order("?", (9, 3), (8.0, 2.0))},
         {"question_id": 2, "original": order("5 5", (5, 5), (5.0, 5.0)), "swap": order("5 5", (5, 5), (5.0, 5.0))},
-        {"question_id": 3, "original": order("9 1", (6, 6), (9.0, 2.0)), "swap": order("1 9", (6, 6), (2.0, 9.0))},
+        # P(tie) leads in the first order, the original answer 1 in the second: averaged (0.475, 0.425, 0.1)
+        {"question_id": 3, "original": order("9 1", (6, 6), (9.0, 2.0), (0.4, 0.45, 0.15)),
+         "swap": order("1 9", (6, 6), (2.0, 9.0), (0.05, 0.4, 0.55))},
     ]
     s = {"gt": gt, "format": "judgelm"}
     m = R.evaluate_set(rows, s, str(tmp_path / "j.set"), tmp_path / "log.txt")
     assert m["n"] == 4 and m["parse_failures"] == 1 and m["residual"] == pytest.approx(0.25)
     assert m["agreement"] == pytest.approx(3 / 4)  # row 1 does not parse: a tie against "2 wins"
     assert m["mode"]["agreement"] == pytest.approx(3 / 4)  # row 3's mode "6 6" is a tie against "1 wins"
+    # p_win: rows 0-2 are ties in both orders (row 2 right); row 3 a tie in the first, 1st wins averaged
+    assert m["p_win"]["agreement_sequential"] == pytest.approx(1 / 4)
+    assert m["p_win"]["agreement"] == pytest.approx(2 / 4) and m["p_win"]["consistency"] == pytest.approx(3 / 4)
     # averaged margins (1st wins: rows 0, 3 -> 3.5, 7.0; 2nd wins: row 1 -> -5.5): perfectly separated
     assert m["margin_auc"] == pytest.approx(1.0) and m["mode"]["margin_auc"] == pytest.approx(1.0)
     # the answer texts in the ground truth reach jlm eval: teacher and judge margins lean the same way on length
@@ -104,4 +109,5 @@ def test_evaluate_set_reads_both_readouts_and_the_margin_from_kept_judgements(tm
     assert (tmp_path / "eval.j.set" / "metrics.json").exists() and (tmp_path / "eval.j.set.mode").is_dir()
     md = R.results_markdown({"judge": {"mtbench": m}}, {})
     length = f"{m['length_corr_margin']:+.2f} / {m['length_corr_truth']:+.2f}"
+    assert "| judge | most probable verdict, orders averaged | 4 | 50.0 |" in md
     assert "| judge | written line | 4 | 75.0 |" in md and f"| 25% | 25.0% | 1.000 | {length} | - |" in md

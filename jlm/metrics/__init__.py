@@ -8,9 +8,11 @@ from jlm.metrics.judge import (
     length_correlation,
     macro_prf,
     margin_auc,
+    p_win_labels,
     pandalm_protocol,
     position_consistency,
     teacher_failed,
+    verdict_metrics,
 )
 from jlm.metrics.ranking import bradley_terry, kendall_tau
 from jlm.metrics.report import write_report
@@ -26,8 +28,10 @@ __all__ = [
     "length_correlation",
     "macro_prf",
     "margin_auc",
+    "p_win_labels",
     "pandalm_protocol",
     "position_consistency",
     "teacher_failed",
+    "verdict_metrics",
     "write_report",
 ]

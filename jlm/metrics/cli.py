@@ -12,6 +12,13 @@ Ground truth (`--format`, default: guessed from the file):
 Predictions: JSONL with `question_id` and the judge's output (`--pred-field`, default `pred_text`, as written
 by JudgeLM's gen_model_judgement.py); `--pred-swapped` is the same judge run on the inputs with the answers
 swapped. Everything is aligned by question_id; a missing or extra id is an error.
+Readouts (`--readout`): how a verdict is read off each prediction.
+  text   the judgement text's first line, parsed as JudgeLM does (default; a failure counts as a tie);
+  mode   the most probable score line of jlm's score `distribution` (`jlm judge` records);
+  p_win  the most probable verdict under that distribution, argmax of its (P(1st wins), P(tie),
+         P(2nd wins)); with --pred-swapped the reported verdict averages the two orders' probabilities
+         (as `jlm.Judge.score(swap=True)`), and `agreement_sequential` is the first order's alone.
+  A record whose `distribution` is null (not judged) counts as a failure, i.e. a tie.
 When every prediction carries jlm's score `distribution` (`jlm judge` records), metrics also get
 `margin_auc`: how well the expected-score margin E[s1] - E[s2] separates the ground truth's "1st wins"
 from its "2nd wins" samples (with --pred-swapped, the margin of the two orders averaged).
@@ -44,12 +51,12 @@ from jlm.formats.records import (
 from jlm.formats.scores import parse_scores
 from jlm.metrics.judge import (
     combine_orders,
-    judge_metrics,
     labels_from_scores,
     length_correlation,
     margin_auc,
-    pandalm_protocol,
+    p_win_labels,
     teacher_failed,
+    verdict_metrics,
 )
 from jlm.metrics.ranking import bradley_terry, kendall_tau
 from jlm.metrics.report import write_report
@@ -116,16 +123,44 @@ def _answer_lengths(records: Sequence[dict]) -> list[tuple[int, int]] | None:
     return [(len(a), len(b)) for a, b in bodies]
 
 
+READOUTS = {"text": "the judgement's first line", "mode": "the score distribution's most probable line",
+            "p_win": "the score distribution's win / tie / loss probabilities"}
+
+
+def _distribution_field(keyed: Keyed, q, key: str, size: int) -> list[float] | None:
+    """`distribution[key]` of a prediction (a list of `size` numbers); None where the distribution is null."""
+    rec = keyed.records[q]
+    if "distribution" not in rec:
+        raise FormatError(keyed.path, keyed.lines[q], "distribution",
+                          f"missing; --readout {key} reads jlm's score distribution (`jlm judge` records)")
+    d = rec["distribution"]
+    if d is None:
+        return None
+    v = d.get(key) if isinstance(d, dict) else None
+    if not (isinstance(v, list) and len(v) == size and all(isinstance(x, (int, float)) for x in v)):
+        raise FormatError(keyed.path, keyed.lines[q], f"distribution.{key}", f"expected a list of {size} numbers")
+    return [float(x) for x in v]
+
+
+def _readout(args: argparse.Namespace, keyed: Keyed, ids: Sequence) -> tuple[np.ndarray, int]:
+    """Each prediction's verdict label by `args.readout`, and how many failed (counted as ties)."""
+    if args.readout == "p_win":
+        p = [_distribution_field(keyed, q, "p_win", 3) for q in ids]
+        return p_win_labels(p), sum(x is None for x in p)
+    if args.readout == "mode":
+        scores = [_distribution_field(keyed, q, "mode", 2) for q in ids]
+    else:
+        scores = [parse_scores(keyed.records[q][args.pred_field], 2, tolerant=args.tolerant) for q in ids]
+    return labels_from_scores(scores, args.T), sum(s is None for s in scores)
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     fmt = guess_format(args.gt) if args.format == "auto" else args.format
+    if args.readout == "p_win" and args.T != 0:
+        raise ValueError("--readout p_win takes no tie threshold: the distribution's P(tie) is P(s1 == s2)")
     pred = read_keyed(args.pred, args.pred_field)
     swapped = read_keyed(args.pred_swapped, args.pred_field) if args.pred_swapped else None
-
-    def parsed(keyed: Keyed | None, ids: Sequence) -> list | None:
-        if keyed is None:
-            return None
-        return [parse_scores(keyed.records[q][args.pred_field], 2, tolerant=args.tolerant) for q in ids]
-
+    counts: dict[str, int] = {}
     if fmt == "judgelm":
         gt = read_keyed(args.gt, args.gt_field)
         for other in (pred, swapped):
@@ -133,11 +168,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 check_aligned(gt, other)
         ids = list(gt.records)
         gt_scores = [parse_scores(gt.records[q][args.gt_field], 2) for q in ids]
-        pred_scores, swapped_scores = parsed(pred, ids), parsed(swapped, ids)
-        metrics = judge_metrics(gt_scores, pred_scores, swapped_scores, T=args.T)
         keep = [i for i, s in enumerate(gt_scores) if not teacher_failed(s)]
+        if not keep:
+            raise ValueError(f"{args.gt}: no teacher judgement parses")
+        counts["n_teacher_failures"] = len(ids) - len(keep)
         y_true = labels_from_scores([gt_scores[i] for i in keep], args.T)
-        truth_name, protocol = "teacher", "JudgeLM (teacher failures dropped; judge failures are ties)"
+        truth_name, protocol = "teacher", "JudgeLM: teacher failures dropped, judge failures are ties"
         pairs = [_model_ids(pred.records[ids[i]]) or _model_ids(gt.records[ids[i]]) for i in keep]
         lengths = _answer_lengths([gt.records[ids[i]] for i in keep]) or _answer_lengths(
             [pred.records[ids[i]] for i in keep])
@@ -147,37 +183,49 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             if other is not None:
                 _aligned_to_samples(samples, args.gt, other)
         ids = [s.question_id for s in samples]
-        pred_scores, swapped_scores = parsed(pred, ids), parsed(swapped, ids)
-        metrics = pandalm_protocol([s.label for s in samples], pred_scores, swapped_scores, T=args.T)
         keep = list(range(len(ids)))
         y_true = np.array([s.label for s in samples])
         truth_name = "human"
-        protocol = ("PandaLM: human majority label; judge run on both orders, disagreeing verdicts become ties"
-                    if swapped is not None else "PandaLM, one order only (no swapped predictions)")
+        protocol = "PandaLM: human majority label, judge failures are ties"
         if samples.dropped:
-            metrics["n_gt_dropped"] = sum(samples.dropped.values())
+            counts["n_gt_dropped"] = sum(samples.dropped.values())
         pairs = [_model_ids(pred.records[q]) or (tuple(s.model_ids) if len(s.model_ids) == 2 else None)
                  for q, s in zip(ids, samples)]
         lengths = [(len(s.answers[0]), len(s.answers[1])) for s in samples]
     else:
         raise ValueError(f"unknown format {fmt!r}")
 
-    y_pred = labels_from_scores([pred_scores[i] for i in keep], args.T)
-    y_swapped = labels_from_scores([swapped_scores[i] for i in keep], args.T) if swapped_scores else None
-    # under the PandaLM protocol the verdict that counts is the two orders combined
-    y_pred_report = combine_orders(y_pred, y_swapped) if fmt != "judgelm" and y_swapped is not None else y_pred
-    rankings = _rankings(pairs, y_pred_report, y_true, truth_name)
-    metrics = {**metrics, "T": args.T, "format": fmt}
-    margins = _margins(pred, swapped, [ids[i] for i in keep])
+    kept = [ids[i] for i in keep]
+    y_pred, counts["pred_failures"] = _readout(args, pred, kept)
+    y_swapped = y_report = None  # y_report: the verdict that counts, where it is not the first order's
+    protocol += f"; verdict read from {READOUTS[args.readout]}"
+    if swapped is None:
+        protocol += ", one order only"
+    else:
+        y_swapped, counts["pred_swapped_failures"] = _readout(args, swapped, kept)
+        if args.readout == "p_win":
+            y_report = p_win_labels([_distribution_field(pred, q, "p_win", 3) for q in kept],
+                                         [_distribution_field(swapped, q, "p_win", 3) for q in kept])
+            protocol += ", the two orders' probabilities averaged"
+        elif fmt != "judgelm":  # under the PandaLM protocol the verdict that counts is the two orders combined
+            y_report = combine_orders(y_pred, y_swapped)
+            protocol += ", both orders: disagreeing verdicts become ties"
+        else:
+            protocol += ", the first order's (the swapped run measures consistency)"
+    metrics = verdict_metrics(y_true, y_pred, y_swapped, y_report)
+    y_report = y_pred if y_report is None else y_report
+    rankings = _rankings(pairs, y_report, y_true, truth_name)
+    metrics = {**metrics, **counts, "T": args.T, "format": fmt, "readout": args.readout}
+    margins = _margins(pred, swapped, kept)
     if margins is not None and (auc := margin_auc(y_true, margins)) is not None:
         metrics["margin_auc"] = auc
     if lengths is not None:
-        for key, values in (("truth", y_true), ("judge", y_pred_report), ("margin", margins)):
+        for key, values in (("truth", y_true), ("judge", y_report), ("margin", margins)):
             if values is not None and (r := length_correlation(values, lengths)) is not None:
                 metrics[f"length_corr_{key}"] = r
     paths = write_report(
-        args.out, metrics, y_true=y_true, y_pred=y_pred_report, y_swapped=y_swapped, protocol=protocol,
-        truth_name=truth_name, rankings=rankings,
+        args.out, metrics, y_true=y_true, y_pred=y_report, y_swapped=y_swapped, y_first=y_pred,
+        protocol=protocol, truth_name=truth_name, rankings=rankings,
         inputs={"ground truth": args.gt, "predictions": args.pred, "predictions on swapped input": args.pred_swapped},
     )
     return {"metrics": metrics, "paths": paths}
@@ -195,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "text_w_reference for with-reference runs on full records)")
     p.add_argument("--pred-field", default="pred_text", help="judgement field of the predictions")
     p.add_argument("--T", type=float, default=0.0, help="tie threshold: |s1 - s2| <= T is a tie (default 0)")
+    p.add_argument("--readout", choices=tuple(READOUTS), default="text",
+                   help="what a verdict is read from: the judgement text (JudgeLM), or jlm's score distribution's "
+                        "most probable score line (mode) or most probable verdict (p_win); see below")
     p.add_argument("--tolerant", action="store_true",
                    help="parse the predictions with the tolerant parser (8/10, 'Assistant 1: 8', ...)")
     p.add_argument("--out", default="eval_out", help="output directory (default: eval_out)")

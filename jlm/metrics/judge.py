@@ -17,6 +17,10 @@ PandaLM protocol (`pandalm_protocol`, human labels as ground truth; our choice, 
   the judge sees both orders; when the two verdicts (expressed for the original order) agree that verdict
   stands, otherwise the item is a tie. Without swapped predictions the sequential verdict is used as is.
   Nothing is filtered: human labels are always valid, judge failures are ties.
+
+Verdicts from a judge's own win probabilities (`p_win_labels`, jlm's; JudgeLM reads only the text): the most
+probable of (1st wins, tie, 2nd wins) under the judge's score distribution, which is the verdict a judge
+that is unsure between many score lines believes in, where its single most probable line may be a tie.
 """
 from __future__ import annotations
 
@@ -100,6 +104,25 @@ def _check_lengths(**lists: Sequence | None) -> None:
         raise ValueError(f"length mismatch: {sizes}")
 
 
+def verdict_metrics(y_true: Sequence[int], y_pred: Sequence[int], y_swapped: Sequence[int] | None = None,
+                    y_report: Sequence[int] | None = None) -> dict[str, Any]:
+    """Metrics of verdict labels: agreement, macro precision / recall / F1 and n of the reported verdicts
+    (`y_report`, default the first order's `y_pred`) against `y_true`; with the swapped run's labels also
+    consistency and position bias of the two runs, and `agreement_sequential` (the first order alone)
+    when the reported verdict combines both."""
+    _check_lengths(y_true=y_true, y_pred=y_pred, y_swapped=y_swapped, y_report=y_report)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    report = y_pred if y_report is None else np.asarray(y_report)
+    p, r, f = macro_prf(y_true, report)
+    out: dict[str, Any] = {"agreement": float(np.mean(y_true == report)), "precision": p, "recall": r, "f1": f,
+                           "n": len(y_true)}
+    if y_swapped is not None:
+        out.update(position_consistency(y_pred, y_swapped))
+    if y_report is not None:
+        out["agreement_sequential"] = float(np.mean(y_true == y_pred))
+    return out
+
+
 def judge_metrics(
     gt_scores: Sequence[ScoresLike],
     pred_scores: Sequence[ScoresLike],
@@ -118,21 +141,11 @@ def judge_metrics(
     if not keep:
         raise ValueError("judge_metrics: no sample left after dropping teacher failures")
     pred = [_scores(pred_scores[i]) for i in keep]
-    y_true = labels_from_scores([gt[i] for i in keep], T)
-    y_pred = labels_from_scores(pred, T)
-    p, r, f = macro_prf(y_true, y_pred)
-    out: dict[str, Any] = {
-        "agreement": float(np.mean(y_true == y_pred)),
-        "precision": p,
-        "recall": r,
-        "f1": f,
-        "n": len(keep),
-        "n_teacher_failures": len(gt) - len(keep),
-        "pred_failures": sum(s is None for s in pred),
-    }
-    if pred_swapped_scores is not None:
-        swapped = [_scores(pred_swapped_scores[i]) for i in keep]
-        out.update(position_consistency(y_pred, labels_from_scores(swapped, T)))
+    swapped = None if pred_swapped_scores is None else [_scores(pred_swapped_scores[i]) for i in keep]
+    out = verdict_metrics(labels_from_scores([gt[i] for i in keep], T), labels_from_scores(pred, T),
+                          None if swapped is None else labels_from_scores(swapped, T))
+    out.update(n_teacher_failures=len(gt) - len(keep), pred_failures=sum(s is None for s in pred))
+    if swapped is not None:
         out["pred_swapped_failures"] = sum(s is None for s in swapped)
     return out
 
@@ -168,6 +181,31 @@ def length_correlation(values: Sequence[float], answer_lengths: Sequence[tuple[i
     return float(np.corrcoef(v, ratio)[0, 1])
 
 
+def p_win_labels(p_win: Sequence[Sequence[float] | None],
+                 p_win_swapped: Sequence[Sequence[float] | None] | None = None) -> np.ndarray:
+    """Verdicts from win probabilities (P(1st wins), P(tie), P(2nd wins)) per sample, e.g. jlm's score
+    distributions: the most probable label, a tie on an exact draw and where the judge gave none.
+
+    With the swapped run's probabilities (which speak of the swapped answers) the two orders are
+    averaged first, as `jlm.Judge.score(swap=True)` averages its distributions: a preference for a
+    position, which flips with the order, cancels; where one order has none the other stands alone.
+    """
+    def back(p):  # a swapped run's (1st, tie, 2nd) speaks of the original (2nd, tie, 1st)
+        return None if p is None else p[::-1]
+
+    rows = list(p_win) if p_win_swapped is None else [
+        a if b is None else back(b) if a is None else [(x + y) / 2 for x, y in zip(a, back(b))]
+        for a, b in zip(p_win, p_win_swapped, strict=True)]
+    out = np.zeros(len(rows), dtype=np.int64)
+    for i, p in enumerate(rows):
+        if p is not None:
+            if len(p) != 3:
+                raise ValueError(f"p_win_labels: sample {i} has {len(p)} probabilities, not 3")
+            win, tie, lose = p
+            out[i] = 1 if win > max(tie, lose) else -1 if lose > max(tie, win) else 0
+    return out
+
+
 def combine_orders(y_seq: Sequence[int], y_swapped: Sequence[int]) -> np.ndarray:
     """PandaLM-protocol verdict: the sequential label where the swapped run agrees with it, else a tie."""
     y_seq, y_swapped = np.asarray(y_seq), np.asarray(y_swapped)
@@ -194,16 +232,9 @@ def pandalm_protocol(
         raise ValueError(f"pandalm_protocol: labels must be 1, 0 or -1, got {sorted(bad)}")
     pred = [_scores(s) for s in pred_scores]
     y_seq = labels_from_scores(pred, T)
-    out: dict[str, Any] = {"pred_failures": sum(s is None for s in pred)}
-    y_final = y_seq
-    if pred_swapped_scores is not None:
-        swapped = [_scores(s) for s in pred_swapped_scores]
-        y_swap = labels_from_scores(swapped, T)
-        y_final = combine_orders(y_seq, y_swap)
-        out.update(position_consistency(y_seq, y_swap))
-        out["pred_swapped_failures"] = sum(s is None for s in swapped)
-        out["agreement_sequential"] = float(np.mean(y_true == y_seq))
-    p, r, f = macro_prf(y_true, y_final)
-    out = {"agreement": float(np.mean(y_true == y_final)), "precision": p, "recall": r, "f1": f,
-           "n": len(y_true), **out}
-    return out
+    if pred_swapped_scores is None:
+        return {**verdict_metrics(y_true, y_seq), "pred_failures": sum(s is None for s in pred)}
+    swapped = [_scores(s) for s in pred_swapped_scores]
+    y_swap = labels_from_scores(swapped, T)
+    return {**verdict_metrics(y_true, y_seq, y_swap, combine_orders(y_seq, y_swap)),
+            "pred_failures": sum(s is None for s in pred), "pred_swapped_failures": sum(s is None for s in swapped)}

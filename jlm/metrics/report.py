@@ -128,16 +128,19 @@ def markdown_report(metrics: Mapping[str, Any], *, y_true: Sequence[int], y_pred
 
 def write_report(out_dir: str | Path, metrics: Mapping[str, Any], *, y_true: Sequence[int],
                  y_pred: Sequence[int], y_swapped: Sequence[int] | None = None,
-                 inputs: Mapping[str, Any] | None = None, protocol: str = "judgelm",
-                 truth_name: str = "ground truth", rankings: Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """Write metrics.json, report.md, confusion.png, position_bias.png (and ranking.json) into out_dir."""
+                 y_first: Sequence[int] | None = None, inputs: Mapping[str, Any] | None = None,
+                 protocol: str = "judgelm", truth_name: str = "ground truth",
+                 rankings: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Write metrics.json, report.md, confusion.png, position_bias.png (and ranking.json) into out_dir.
+    `y_pred` is the reported verdict; where it combines both orders, `y_first` is the first order's own
+    (the position plot compares the two runs)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out / "metrics.json", "report": out / "report.md",
              "confusion": out / "confusion.png", "position_bias": out / "position_bias.png"}
     paths["metrics"].write_text(json.dumps(dict(metrics), indent=2) + "\n")
     plot_confusion(y_true, y_pred, paths["confusion"], truth_name=truth_name)
-    plot_position_bias(y_true, y_pred, y_swapped, paths["position_bias"], truth_name=truth_name)
+    plot_position_bias(y_true, y_pred if y_first is None else y_first, y_swapped, paths["position_bias"], truth_name=truth_name)
     if rankings:
         paths["ranking"] = out / "ranking.json"
         paths["ranking"].write_text(json.dumps(rankings, indent=2, default=str) + "\n")
