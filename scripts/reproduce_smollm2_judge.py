@@ -15,9 +15,9 @@ loss weighted 50x, jlm's ablation); judge the held-out questions in both answer
 orders (with references where MT-bench has them, for the reference ablation) and the human-labelled
 Auto-J pairwise test set; `jlm eval` each (three readouts: the written line, the most probable score
 line, the most probable verdict; plus the margin AUC of the expected scores); time scores-only
-judging; write a JudgeLM-style results
-table (tables 1, 5, 6 of the paper) to OUT/results.md, the raw metrics to OUT/results.json and every
-variant's loss curve to OUT/loss_curves.png (confusion matrices: OUT/work/eval.*/confusion.png).
+judging; write a JudgeLM-style results table (tables 1, 5, 6 of the paper) to OUT/results.md, the
+raw metrics to OUT/results.json and every variant's loss curve to OUT/loss_curves.png (confusion
+matrices: OUT/work/eval.*/confusion.png).
 Every finished step is kept: rerunning after a kill resumes (training from its last checkpoint).
 """
 from __future__ import annotations

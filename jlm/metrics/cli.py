@@ -142,10 +142,14 @@ def _distribution_field(keyed: Keyed, q, key: str, size: int) -> list[float] | N
     return [float(x) for x in v]
 
 
+def _p_win(keyed: Keyed, ids: Sequence) -> list[list[float] | None]:
+    return [_distribution_field(keyed, q, "p_win", 3) for q in ids]
+
+
 def _readout(args: argparse.Namespace, keyed: Keyed, ids: Sequence) -> tuple[np.ndarray, int]:
     """Each prediction's verdict label by `args.readout`, and how many failed (counted as ties)."""
     if args.readout == "p_win":
-        p = [_distribution_field(keyed, q, "p_win", 3) for q in ids]
+        p = _p_win(keyed, ids)
         return p_win_labels(p), sum(x is None for x in p)
     if args.readout == "mode":
         scores = [_distribution_field(keyed, q, "mode", 2) for q in ids]
@@ -204,8 +208,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     else:
         y_swapped, counts["pred_swapped_failures"] = _readout(args, swapped, kept)
         if args.readout == "p_win":
-            y_report = p_win_labels([_distribution_field(pred, q, "p_win", 3) for q in kept],
-                                         [_distribution_field(swapped, q, "p_win", 3) for q in kept])
+            y_report = p_win_labels(_p_win(pred, kept), _p_win(swapped, kept))
             protocol += ", the two orders' probabilities averaged"
         elif fmt != "judgelm":  # under the PandaLM protocol the verdict that counts is the two orders combined
             y_report = combine_orders(y_pred, y_swapped)

@@ -140,7 +140,8 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any], *, y_true: Seq
              "confusion": out / "confusion.png", "position_bias": out / "position_bias.png"}
     paths["metrics"].write_text(json.dumps(dict(metrics), indent=2) + "\n")
     plot_confusion(y_true, y_pred, paths["confusion"], truth_name=truth_name)
-    plot_position_bias(y_true, y_pred if y_first is None else y_first, y_swapped, paths["position_bias"], truth_name=truth_name)
+    plot_position_bias(y_true, y_pred if y_first is None else y_first, y_swapped, paths["position_bias"],
+                       truth_name=truth_name)
     if rankings:
         paths["ranking"] = out / "ranking.json"
         paths["ranking"].write_text(json.dumps(rankings, indent=2, default=str) + "\n")
