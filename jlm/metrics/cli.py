@@ -142,20 +142,17 @@ def _distribution_field(keyed: Keyed, q, key: str, size: int) -> list[float] | N
     return [float(x) for x in v]
 
 
-def _p_win(keyed: Keyed, ids: Sequence) -> list[list[float] | None]:
-    return [_distribution_field(keyed, q, "p_win", 3) for q in ids]
-
-
-def _readout(args: argparse.Namespace, keyed: Keyed, ids: Sequence) -> tuple[np.ndarray, int]:
-    """Each prediction's verdict label by `args.readout`, and how many failed (counted as ties)."""
+def _readout(args: argparse.Namespace, keyed: Keyed, ids: Sequence) -> tuple[np.ndarray, int, list]:
+    """Each prediction's verdict label by `args.readout`, how many failed (counted as ties), and what the
+    labels were read from (score pairs, or p_win triples), None for a failure."""
     if args.readout == "p_win":
-        p = _p_win(keyed, ids)
-        return p_win_labels(p), sum(x is None for x in p)
+        p = [_distribution_field(keyed, q, "p_win", 3) for q in ids]
+        return p_win_labels(p), sum(x is None for x in p), p
     if args.readout == "mode":
         scores = [_distribution_field(keyed, q, "mode", 2) for q in ids]
     else:
         scores = [parse_scores(keyed.records[q][args.pred_field], 2, tolerant=args.tolerant) for q in ids]
-    return labels_from_scores(scores, args.T), sum(s is None for s in scores)
+    return labels_from_scores(scores, args.T), sum(s is None for s in scores), scores
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -200,15 +197,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"unknown format {fmt!r}")
 
     kept = [ids[i] for i in keep]
-    y_pred, counts["pred_failures"] = _readout(args, pred, kept)
+    y_pred, counts["pred_failures"], first = _readout(args, pred, kept)
     y_swapped = y_report = None  # y_report: the verdict that counts, where it is not the first order's
     protocol += f"; verdict read from {READOUTS[args.readout]}"
     if swapped is None:
         protocol += ", one order only"
     else:
-        y_swapped, counts["pred_swapped_failures"] = _readout(args, swapped, kept)
+        y_swapped, counts["pred_swapped_failures"], second = _readout(args, swapped, kept)
         if args.readout == "p_win":
-            y_report = p_win_labels(_p_win(pred, kept), _p_win(swapped, kept))
+            y_report = p_win_labels(first, second)
             protocol += ", the two orders' probabilities averaged"
         elif fmt != "judgelm":  # under the PandaLM protocol the verdict that counts is the two orders combined
             y_report = combine_orders(y_pred, y_swapped)
