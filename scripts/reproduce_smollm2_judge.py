@@ -48,7 +48,7 @@ VARIANTS = {
     "lora-swap-ref-score50": dict(swap_prob=0.5, ref_prob=0.5, lora_rank=16, lora_alpha=32, lr=1e-3,
                                   score_weight=50.0),
 }
-SETS = ("mtbench", "mtbench+ref", "autoj-human")
+SETS = ("mtbench", "mtbench+ref", "mtbench+ref-hidden", "autoj-human")
 METRIC_KEYS = ("agreement", "precision", "recall", "f1", "consistency", "bias_first", "bias_second", "delta_bias")
 
 
@@ -104,11 +104,13 @@ def eval_sets(data: Path, shared: Path, work: Path, limit: int | None) -> dict[s
     else:  # Auto-J ids are record indices: the ground truth is the same subset, in the same order
         autoj_rows = read_jsonl(autoj_path)
         autoj_gt = write_jsonl(work / "gt_autoj.jsonl", [autoj_rows[i] for i in keep])
+    gt_with_ref = write_jsonl(work / "gt_val_ref.jsonl", [gt_ref[r["question_id"]] for r in with_ref])
     return {
         "mtbench": dict(samples=val, reference=None, gt=write_jsonl(work / "gt_val.jsonl", gt), format="judgelm"),
         "mtbench+ref": dict(samples=with_ref, reference=[_text(refs[r["question_id"]]) for r in with_ref],
-                            gt=write_jsonl(work / "gt_val_ref.jsonl", [gt_ref[r["question_id"]] for r in with_ref]),
-                            format="judgelm"),
+                            gt=gt_with_ref, format="judgelm"),
+        # the same pairs and labels with the reference withheld: table 6 compares the two on one test set
+        "mtbench+ref-hidden": dict(samples=with_ref, reference=None, gt=gt_with_ref, format="judgelm"),
         "autoj-human": dict(samples=[autoj[i] for i in keep], reference=None, gt=autoj_gt, format="autoj"),
     }
 
@@ -230,6 +232,7 @@ def results_markdown(results: dict, meta: dict) -> str:
              "ground truth's verdicts with log(len1 / len2); > 0 favours the longer answer.\n"]
     for set_name, title in (("mtbench", "Held-out MT-bench questions, GPT-4 teacher, no reference (table 1)"),
                             ("mtbench+ref", "Held-out questions with a reference shown (table 6)"),
+                            ("mtbench+ref-hidden", "The same questions and labels, reference not shown (table 6)"),
                             ("autoj-human", "Auto-J pairwise test set, human labels, PandaLM protocol")):
         table = [r for n in results for r in rows(n, set_name)]
         if table:

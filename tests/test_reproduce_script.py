@@ -63,6 +63,8 @@ def test_eval_sets_subsets_stay_aligned(tmp_path):
     assert len(ref["samples"]) == 8 and {r["question_id"] for r in ref["samples"]} <= with_ref
     assert ref["reference"] == [f"ref{r['question_id']}" for r in ref["samples"]]
     assert [g["question_id"] for g in R.read_jsonl(ref["gt"])] == [r["question_id"] for r in ref["samples"]]
+    hidden = sets["mtbench+ref-hidden"]  # table 6: the same pairs and labels, no reference in the prompt
+    assert hidden["samples"] == ref["samples"] and hidden["gt"] == ref["gt"] and hidden["reference"] is None
 
     aj = sets["autoj-human"]
     gt_aj = R.read_jsonl(aj["gt"])  # row i is the ground truth of judged sample i
