@@ -229,7 +229,7 @@ def test_jlm_train_cli_lora_from_checkpoint_and_merged_export(tmp_path):
     # the adapters alone, as a PEFT adapter naming the base as given: they load (model and, through
     # the base, tokenizer) into the merged export's weights
     conf = json.loads((result.adapter_dir / "adapter_config.json").read_text())
-    assert (conf["base_model_name_or_path"], conf["r"], conf["lora_alpha"]) == (str(tmp_path / "base"), 4, 16)
+    assert (conf["base_model_name_or_path"], conf["r"], conf["lora_alpha"]) == (str(tmp_path / "base"), 4, 32)  # the preset's alpha
     merged = dict(hf_tensors(exported))
     for name, w in hf_tensors(load_model(result.adapter_dir)[0]):
         np.testing.assert_allclose(w, merged[name], atol=1e-6, err_msg=name)

@@ -308,3 +308,17 @@ def test_fused_unembed_cross_entropy_matches_autodiff(dtype):
     for a, b in zip(got_grads, want_grads):
         assert a.dtype == dtype
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol, rtol=tol)
+
+
+def test_target_only_logits_equal_all_positions(init_weights):
+    """The step with `target_index` (logits at trained positions only) makes the same update as
+    scoring every position."""
+    from jlm.train.data import with_target_index
+    batches = [_packed_batch(seed=21), _packed_batch(seed=22)]
+    full, full_m = _run(_cfg(), batches, weights=init_weights)
+    picked, picked_m = _run(_cfg(), [with_target_index(b) for b in batches], weights=init_weights)
+    for got, want in zip(picked_m, full_m):
+        for k in ("loss", "grad_norm", "weight", "target_tokens"):
+            assert got[k] == pytest.approx(want[k], rel=1e-5), k
+    for k, w in full.params.items():
+        np.testing.assert_allclose(picked.params[k], w, atol=2e-6, err_msg=k)

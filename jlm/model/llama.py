@@ -103,11 +103,68 @@ def _param(rngs: nnx.Rngs, shape, axes, dtype, scale: float | None = None, init=
     return kind(value.astype(dtype), axes=tuple(axes))
 
 
+def _dot(spec: str, a: Array, b: Array, out_dtype=None) -> Array:
+    """einsum of two compute-dtype operands, result in `out_dtype` (default: theirs), accumulated
+    in fp32. On CPU, forward and backward GEMMs all take compute-dtype operands: XLA CPU runs a
+    bf16 GEMM 2-3x slower when its result is bf16 rather than fp32 (measured 140 vs 340 GFLOP/s on
+    [2048, 576] x [576, 1536]), and autodiff would hand fp32 cotangents to slow mixed-dtype GEMMs.
+    Other backends keep the plain product."""
+    out_dtype = a.dtype if out_dtype is None else out_dtype
+    if jax.default_backend() == "cpu" and a.dtype != jnp.float32:
+        return _dot_cpu(spec, out_dtype, a, b)
+    if out_dtype == a.dtype:
+        return jnp.einsum(spec, a, b)
+    return jnp.einsum(spec, a, b, preferred_element_type=out_dtype)
+
+
+def _acc(spec: str, a: Array, b: Array, dtype) -> Array:
+    """fp32-accumulated einsum with batch dims leading and the lhs laid out [batch, free,
+    contracted]: XLA CPU's fast bf16 GEMMs (YNNPACK) take only that lhs form, and fell back to an
+    fp32 GEMM, 3-5x slower, for the transposed lhs of the backward products."""
+    ins, out = spec.split("->")
+    sa, sb = ins.split(",")
+    batch = [c for c in sa if c in sb and c in out]
+    la = "".join(batch + [c for c in sa if c not in sb] + [c for c in sa if c in sb and c not in out])
+    lb = "".join(batch + [c for c in sb if c not in batch])
+    a = jnp.transpose(a, [sa.index(c) for c in la]) if la != sa else a
+    b = jnp.transpose(b, [sb.index(c) for c in lb]) if lb != sb else b
+    return jnp.einsum(f"{la},{lb}->{out}", a, b, preferred_element_type=jnp.float32).astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _dot_cpu(spec: str, out_dtype, a: Array, b: Array) -> Array:
+    return _acc(spec, a, b, out_dtype)
+
+
+def _dot_cpu_fwd(spec, out_dtype, a, b):
+    return _acc(spec, a, b, out_dtype), (a, b)
+
+
+def _dot_cpu_bwd(spec, out_dtype, res, g):
+    a, b = res
+    ins, out = spec.split("->")
+    sa, sb = ins.split(",")
+    g = g.astype(a.dtype)
+    return _acc(f"{out},{sb}->{sa}", g, b, a.dtype), _acc(f"{sa},{out}->{sb}", a, g, b.dtype)
+
+
+_dot_cpu.defvjp(_dot_cpu_fwd, _dot_cpu_bwd)
+
+
+# Under autodiff these two save only their inputs and recompute the rest (a few elementwise passes):
+# otherwise every layer would keep their fp32 statistics and [T, mlp] intermediates alive for the
+# backward pass, about 40% of a LoRA step's activation memory.
+@functools.partial(jax.checkpoint, static_argnums=(2,))
 def rms_norm(x: Array, scale: Array, eps: float) -> Array:
     """LLaMA RMSNorm as Hugging Face computes it: statistics in fp32, cast back, then scale."""
     xf = x.astype(jnp.float32)
     xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
     return scale.astype(x.dtype) * xf.astype(x.dtype)
+
+
+@jax.checkpoint
+def swiglu(gate: Array, up: Array) -> Array:
+    return jax.nn.silu(gate) * up
 
 
 def rope(x: Array, positions: Array, theta: float, factor: float) -> Array:
@@ -161,11 +218,17 @@ def attention(q: Array, k: Array, v: Array, mask: Array, *, impl: str = "xla",
 
 @struct.dataclass
 class CausalMask:
-    """Causal self-attention without a cache, kept implicit so that fused kernels (cuDNN flash
-    attention) skip the upper triangle instead of reading a dense [T, T] mask. `segment_ids`
-    [B, T] restricts attention to packed segments (0 = padding); None means one sequence per row.
-    Built by `Llama.__call__` for attn_impl="cudnn"; consumed by `Block` via `causal_attention`."""
+    """Causal self-attention without a cache, kept implicit: fused kernels (cuDNN flash attention)
+    skip the upper triangle instead of reading a dense [T, T] mask, and the XLA path attends block
+    by block (`blockwise_causal_attention`). `segment_ids` [B, T] restricts attention to packed
+    segments (0 = padding); None means one sequence per row. Built by `Llama.__call__` for every
+    cache-free call that returns no attention probabilities; consumed via `causal_attention`."""
     segment_ids: Array | None = None
+
+
+# Query block of the XLA causal path: each block of queries attends to the keys up to its end, so
+# scores take [B, heads, ATTN_BLOCK, T] at a time and the upper triangle is mostly skipped.
+ATTN_BLOCK = 256
 
 
 def causal_attention(q: Array, k: Array, v: Array, mask: CausalMask, *, impl: str) -> Array:
@@ -176,12 +239,101 @@ def causal_attention(q: Array, k: Array, v: Array, mask: CausalMask, *, impl: st
     into the gradients). Real tokens never see padding or other segments, so their outputs equal
     `attention()` with the dense packed mask.
     """
+    if impl == "xla":
+        return blockwise_causal_attention(q, k, v, mask.segment_ids)
     same = None
     if mask.segment_ids is not None:
         seg = mask.segment_ids
         same = (seg[:, :, None] == seg[:, None, :])[:, None]  # [B, 1, T, S]
     return jax.nn.dot_product_attention(q, k, v, mask=same, is_causal=True,
                                         scale=1.0 / math.sqrt(q.shape[-1]), implementation=impl)
+
+
+def blockwise_causal_attention(q: Array, k: Array, v: Array, segment_ids: Array | None,
+                               block: int | None = None) -> Array:
+    """`causal_attention` in plain XLA (CPU, and any backend without a fused kernel), as flash
+    attention does it: one block of queries at a time against the keys up to the block's end, an
+    fp32 softmax whose division waits until after the PV product, and a custom backward pass that
+    recomputes each block's probabilities from the saved log-sum-exp. So the largest temporary is
+    one block's scores, nothing of size [heads, T, T] is ever held (forward or backward, with or
+    without remat), and about half of the dense FLOPs are skipped. Same numbers as the dense
+    softmax (masked keys contribute exactly 0).
+
+    Layout: heads lead ([B, kv_heads, group * block, D] against [B, kv_heads, S, D]) so that every
+    product is one batched GEMM; on XLA CPU this is ~4x faster than einsums over [B, T, K, G, D]."""
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    g = h // kv
+    seg = jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    qh = jnp.transpose(q.reshape(b, t, kv, g, d), (0, 2, 3, 1, 4))  # [B, K, G, T, D]
+    kh, vh = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))  # [B, K, S, D]
+    out = _flash(qh, kh, vh, seg, ATTN_BLOCK if block is None else block)
+    return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, h, d)
+
+
+def _flash_blocks(t: int, block: int) -> list[tuple[int, int]]:
+    return [(start, min(start + block, t)) for start in range(0, t, block)]
+
+
+def _flash_scores(qh, kh, seg, start: int, stop: int) -> Array:
+    """Scaled, masked fp32 scores of queries [start, stop) against keys [0, stop): [B, K, G, c, stop]."""
+    b, kv, g, _, d = qh.shape
+    c = stop - start
+    qb = qh[:, :, :, start:stop].reshape(b, kv, g * c, d)
+    scores = _dot("bkqd,bksd->bkqs", qb, kh[:, :, :stop], jnp.float32).reshape(b, kv, g, c, stop)
+    allowed = (jnp.arange(stop)[None, :] <= jnp.arange(start, stop)[:, None])[None] & (
+        seg[:, start:stop, None] == seg[:, None, :stop])  # [B, c, stop]
+    return jnp.where(allowed[:, None, None], scores / math.sqrt(d), NEG_INF)
+
+
+def _flash_pv(p: Array, vh: Array, stop: int) -> Array:
+    """[B, K, G, c, stop] probabilities (any float) x values [B, K, :stop, D] -> fp32 [B, K, G, c, D]."""
+    b, kv, g, c, _ = p.shape
+    o = _dot("bkqs,bksd->bkqd", p.astype(vh.dtype).reshape(b, kv, g * c, stop), vh[:, :, :stop], jnp.float32)
+    return o.reshape(b, kv, g, c, -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash(qh, kh, vh, seg, block):
+    return _flash_fwd(qh, kh, vh, seg, block)[0]
+
+
+def _flash_fwd(qh, kh, vh, seg, block):
+    outs, lses = [], []
+    for start, stop in _flash_blocks(qh.shape[3], block):
+        s = _flash_scores(qh, kh, seg, start, stop)
+        m = jnp.max(s, axis=-1, keepdims=True)
+        e = jnp.exp(s - m)
+        denom = jnp.sum(e, axis=-1, keepdims=True)
+        outs.append(_flash_pv(e, vh, stop) / denom)
+        lses.append((m + jnp.log(denom))[..., 0])
+    out = jnp.concatenate(outs, axis=3).astype(vh.dtype)  # [B, K, G, T, D]
+    return out, (qh, kh, vh, seg, out, jnp.concatenate(lses, axis=3))
+
+
+def _flash_bwd(block, res, dout):
+    qh, kh, vh, seg, out, lse = res
+    b, kv, g, t, d = qh.shape
+    delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, K, G, T]
+    dk = jnp.zeros(kh.shape, jnp.float32)
+    dv = jnp.zeros(vh.shape, jnp.float32)
+    dqs = []
+    for start, stop in _flash_blocks(t, block):
+        c = stop - start
+        p = jnp.exp(_flash_scores(qh, kh, seg, start, stop) - lse[..., start:stop, None])
+        do = dout[:, :, :, start:stop].astype(vh.dtype).reshape(b, kv, g * c, d)
+        dp = _dot("bkqd,bksd->bkqs", do, vh[:, :, :stop], jnp.float32).reshape(p.shape)
+        ds = (p * (dp - delta[..., start:stop, None]) / math.sqrt(d)).astype(qh.dtype).reshape(b, kv, g * c, stop)
+        dqs.append(_dot("bkqs,bksd->bkqd", ds, kh[:, :, :stop]).reshape(b, kv, g, c, d))
+        qb = qh[:, :, :, start:stop].reshape(b, kv, g * c, d)
+        dk = dk.at[:, :, :stop].add(_dot("bkqs,bkqd->bksd", ds, qb, jnp.float32))
+        pb = p.astype(vh.dtype).reshape(b, kv, g * c, stop)
+        dv = dv.at[:, :, :stop].add(_dot("bkqs,bkqd->bksd", pb, do, jnp.float32))
+    dq = jnp.concatenate(dqs, axis=3)
+    return dq, dk.astype(kh.dtype), dv.astype(vh.dtype), None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 # ---------------------------------------------------------------------------------------- block
@@ -232,15 +384,15 @@ class Block(nnx.Module):
 
     def proj(self, name: str, x: Array) -> Array:
         spec, _, n_in = _PROJ[name]
-        y = jnp.einsum(spec, x, getattr(self, name)[...].astype(self.dtype))
+        y = _dot(spec, x, getattr(self, name)[...].astype(self.dtype))
         if hasattr(self, f"{name}_lora_a"):
             a = getattr(self, f"{name}_lora_a")[...].astype(self.dtype)
             bm = getattr(self, f"{name}_lora_b")[...].astype(self.dtype)
             lhs = spec.split(",")[0]
             ins = lhs[len(lhs) - n_in:] if n_in else ""
             outs = spec.split("->")[1][2:]
-            z = jnp.einsum(f"{lhs},{ins}r->btr", x, a)
-            y = y + self.lora_scale * jnp.einsum(f"btr,r{outs}->bt{outs}", z, bm)
+            z = _dot(f"{lhs},{ins}r->btr", x, a)
+            y = y + self.lora_scale * _dot(f"btr,r{outs}->bt{outs}", z, bm)
         return y
 
     def __call__(self, x: Array, positions: Array, mask: Array, layer_cache, cache_index,
@@ -263,7 +415,7 @@ class Block(nnx.Module):
         x = x + self.proj("wo", out)
         x = constrain(x, ("act_batch", "act_seq", "act_embed"))
         h = rms_norm(x, self.mlp_norm[...], cfg.rms_norm_eps)
-        g = constrain(jax.nn.silu(self.proj("w_gate", h)) * self.proj("w_up", h), ("act_batch", "act_seq", "act_mlp"))
+        g = constrain(swiglu(self.proj("w_gate", h), self.proj("w_up", h)), ("act_batch", "act_seq", "act_mlp"))
         x = x + self.proj("w_down", g)
         return constrain(x, ("act_batch", "act_seq", "act_embed")), layer_cache, probs
 
@@ -323,7 +475,6 @@ class Llama(nnx.Module):
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), bool) if segment_ids is None else segment_ids > 0
         attention_mask = attention_mask.astype(bool)
-        causal = jnp.tril(jnp.ones((t, t), bool))
 
         if cache is not None:
             offset = cache.next_pos[:, None]
@@ -336,21 +487,19 @@ class Llama(nnx.Module):
             if chunk_mask is not None:
                 within = jnp.broadcast_to(chunk_mask.astype(bool), (b, t, t))
                 mask = mask & jax.lax.dynamic_update_slice_in_dim(jnp.ones_like(mask), within, cache.index, axis=2)
-        elif segment_ids is not None:
-            if positions is None:
-                positions = _segment_positions(segment_ids)
-            same = segment_ids[:, :, None] == segment_ids[:, None, :]
-            mask = same & causal[None] & (segment_ids[:, None, :] > 0)
         else:
             if positions is None:
-                positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
-            mask = causal[None] & attention_mask[:, None, :]
-        positions = positions.astype(jnp.int32)
-        if self.attn_impl == "cudnn" and cache is None and not output_attentions:
-            # the fused kernel applies causality itself; segments (or the padding mask) ride along
+                positions = (_segment_positions(segment_ids) if segment_ids is not None
+                             else jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0))
             if segment_ids is None and attention_mask_given:
-                segment_ids = attention_mask.astype(jnp.int32)
-            mask = CausalMask(segment_ids)
+                segment_ids = attention_mask.astype(jnp.int32)  # padding is segment 0
+            if output_attentions:  # the dense mask, for the probabilities of every query and key
+                causal = jnp.tril(jnp.ones((t, t), bool))[None]
+                mask = causal if segment_ids is None else (
+                    causal & (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0))
+            else:  # causality stays implicit (fused kernel or blockwise); segments ride along
+                mask = CausalMask(segment_ids)
+        positions = positions.astype(jnp.int32)
 
         x = self.embed[...].astype(self.dtype)[input_ids]
         x = constrain(x, ("act_batch", "act_seq", "act_embed"))

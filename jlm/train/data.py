@@ -12,7 +12,31 @@ import numpy as np
 
 from jlm.train.config import TrainConfig, TrainConfigError
 
-BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
+BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions", "target_index")
+
+
+def target_index(loss_mask: np.ndarray) -> np.ndarray:
+    """[B, K] int32: each row's trained positions (loss_mask > 0) in order, then -1.
+
+    The train step computes logits at these positions only. K is the smallest of T/16, T/8, T/4,
+    T/2, T (multiples of 8) that holds the row with the most targets, so a run compiles a few
+    shapes per row length. Computed on the global batch, so every host agrees on K."""
+    trained = np.asarray(loss_mask) > 0
+    b, t = trained.shape
+    need = int(trained.sum(axis=1).max(initial=0))
+    sizes = sorted({min(t, max(8, -(-t // d // 8) * 8)) for d in (16, 8, 4, 2, 1)})
+    k = next(c for c in sizes if c >= need)
+    out = np.full((b, k), -1, np.int32)
+    rows, cols = np.nonzero(trained)
+    slot = np.arange(rows.size) - np.searchsorted(rows, rows)  # rank of each target within its row
+    out[rows, slot] = cols
+    return out
+
+
+def with_target_index(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if "target_index" in batch:
+        return batch
+    return {**batch, "target_index": target_index(batch["loss_mask"])}
 
 
 class HostRows:
@@ -25,7 +49,7 @@ class HostRows:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = next(self.it)
+        batch = with_target_index(next(self.it))
         if self.count == 1:
             return batch
         rows = next(iter(batch.values())).shape[0]

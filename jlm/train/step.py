@@ -23,7 +23,11 @@ StepFn = Callable[[TrainState, Mapping[str, Array]], tuple[TrainState, dict[str,
 
 
 def forward_loss(setup: Setup, params, frozen, micro: Mapping[str, Array]):
-    """(numerator, (denominator, target tokens)) of one micro-batch [micro, T]."""
+    """(numerator, (denominator, target tokens)) of one micro-batch [micro, T].
+
+    The vocabulary projection runs only at the positions in `target_index` (the trained tokens,
+    see jlm.train.data.target_index), in chunks: [micro, T, vocab] logits never exist. Without
+    `target_index` every position is scored (same loss, more work)."""
     model = setup.parts.merge(params, frozen)
     kw = dict(positions=micro.get("positions"), logits=False, output_hidden_states=True)
     if setup.cfg.packing:
@@ -31,8 +35,19 @@ def forward_loss(setup: Setup, params, frozen, micro: Mapping[str, Array]):
     # else one right-padded sample per row: plain causal attention is exact for every real token
     # (padding only ever follows it), and fused kernels then need no mask at all
     h = model(micro["input_ids"], **kw).hidden_states[-1]  # after the final norm
-    ce = unembed_cross_entropy(h.astype(model.dtype), head_weight(model), micro["targets"])
-    num, den, ntok = weighted_terms(ce, micro, setup.cfg.weighting)
+    t = h.shape[1]
+    picked = dict(micro)
+    if "target_index" in micro:
+        idx = micro["target_index"]
+        safe = jnp.maximum(idx, 0)
+        h = jnp.take_along_axis(h, safe[..., None], axis=1)
+        picked = {k: jnp.take_along_axis(micro[k], safe, axis=1)
+                  for k in ("targets", "loss_mask", "segment_ids") if k in micro}
+        picked["loss_mask"] = jnp.where(idx >= 0, picked["loss_mask"], 0.0)
+    head_trained = any(k in setup.parts.trainable for k in ("embed", "lm_head"))
+    ce = unembed_cross_entropy(h.astype(model.dtype), head_weight(model), picked["targets"],
+                               weight_grad=head_trained)
+    num, den, ntok = weighted_terms(ce, picked, setup.cfg.weighting, max_segment=t)
     return num, (den, ntok)
 
 

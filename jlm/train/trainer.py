@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from jlm.model.config import LlamaConfig
 from jlm.train.checkpoint import Checkpointer, same_run_fields
 from jlm.train.config import TrainConfig, TrainConfigError, steps_for
-from jlm.train.data import check_batch, judge_batches, read_samples
+from jlm.train.data import check_batch, judge_batches, read_samples, with_target_index
 from jlm.train.monitor import RunLog, step_flops, peak_tflops, plot_loss, read_log
 from jlm.train.optim import lr_schedule, make_optimizer
 from jlm.train.state import (Setup, TrainState, count_params, init_state, load_weights, make_setup,
@@ -157,6 +157,8 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
                 host = next(batches)
             except StopIteration:
                 raise RuntimeError(f"the data ran out after {step} of {total} steps") from None
+            if jax.process_count() == 1:  # several hosts: the batch stream adds it to the global batch
+                host = with_target_index(host)
             check_batch(host, model_cfg.vocab_size, cfg.packing)
             rows, seq = host["input_ids"].shape
             flops = step_flops(model_cfg, rows * jax.process_count(), seq, lora=bool(cfg.lora_rank))
