@@ -130,6 +130,7 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
     def record(step: int, metrics, flops: float) -> None:
         """Fetch a finished step's metrics (blocks until it is done) and log every `log_every`."""
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        bar.update(1)  # a finished step: the bar's rate and ETA follow the device, not the dispatch
         acc["tokens"] += m["tokens"]
         acc["flops"] += flops
         acc["n"] += 1
@@ -148,7 +149,10 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
         acc.update(tokens=0.0, flops=0.0, t=now, n=0)
         if log is not None:
             log.write(rec)
-        bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}", gnorm=f"{m['grad_norm']:.2f}")
+        post = dict(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}", gnorm=f"{m['grad_norm']:.2f}")
+        if "tokens_per_s" in rec:
+            post["tok/s"] = f"{rec['tokens_per_s']:.0f}"
+        bar.set_postfix(post)
 
     pending = None
     try:
@@ -166,7 +170,6 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
             if pending is not None:  # read step k-1 while step k runs: the device never idles on us
                 record(*pending)
             pending = (step + 1, metrics, flops)
-            bar.update(1)
             if (step + 1) % cfg.save_every == 0 or step + 1 == total:
                 ckpt.save(step + 1, state, batches.get_state(), {**meta, "step": step + 1})
         if pending is not None:
