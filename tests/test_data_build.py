@@ -1,22 +1,19 @@
-"""scripts/build_mtbench_judge_data.py: answer extraction, pairing, split by question, output files."""
+"""`jlm data build` (jlm/data/build.py): every source's pairing and score lines, splits by question,
+the documented counts on the shipped data/, determinism, clear errors."""
 import gzip
-import importlib.util
 import json
-import sys
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+import jlm.data.build as B
+from jlm.cli import main as jlm_main
 from jlm.formats.records import read_judgelm
 from jlm.metrics.cli import main as eval_main
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_mtbench_judge_data.py"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-spec = importlib.util.spec_from_file_location("build_mtbench_judge_data", SCRIPT)
-B = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = B  # dataclasses look their module up there
-spec.loader.exec_module(B)
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def turn1_prompt(q, a, ref=None):
@@ -47,18 +44,19 @@ def test_extract_replies():
 
 
 def test_clean_explanation():
-    assert B.clean_explanation("Good answer. Rating: [[9]]") == "Good answer."
-    assert B.clean_explanation('Fine.\n\nI would rate it as follows: "Rating: [[8.5]]".') == \
+    assert B._clean_rating("Good answer. Rating: [[9]]") == "Good answer."
+    assert B._clean_rating('Fine.\n\nI would rate it as follows: "Rating: [[8.5]]".') == \
         "Fine.\n\nI would rate it as follows:"
-    assert B.clean_explanation("Therefore I rate it a [[10]].") == "Therefore I rate it a 10."
-    assert B.clean_explanation("Poor. [[1]]\n") == "Poor. 1"
+    assert B._clean_rating("Therefore I rate it a [[10]].") == "Therefore I rate it a 10."
+    assert B._clean_rating("Poor. [[1]]\n") == "Poor. 1"
 
 
 def test_judgement_text():
-    g1 = B.Grade(81, 2, "m1", ("a",), "Assistant A's reply to the second question is weak.", 3.0, False, "")
-    g2 = B.Grade(81, 2, "m2", ("b",), "Strong.", 8.5, False, "")
-    assert B.judgement_text(g1, g2) == ("3 8.5\nAssistant 1: Assistant 1's reply to the second question is weak."
-                                        "\n\nAssistant 2: Strong.")
+    g1 = B.Grade(81, 2, "m1", ("a",), "Assistant A's reply to the second question is weak.", 3.0, False)
+    g2 = B.Grade(81, 2, "m2", ("b",), "Strong.", 8.5, False)
+    rec = B.mtbench_pair(g1, g2, 0, {"turns": ["Q1", "Q2"], "category": "writing"}, None)
+    assert rec["text"] == ("3 8.5\nAssistant 1: Assistant 1's reply to the second question is weak."
+                           "\n\nAssistant 2: Strong.")
 
 
 def test_split_questions_stratified_and_seeded():
@@ -71,14 +69,14 @@ def test_split_questions_stratified_and_seeded():
     assert len(B.split_questions(questions, 5, seed=0)) == 5
 
 
-def test_make_pairs():
-    grades = [B.Grade(90, 1, f"m{i}", ("x",), "e", float(i), False, "") for i in range(6)]
-    pairs = B.make_pairs(grades, 8, seed=0)
-    assert pairs == B.make_pairs(grades, 8, seed=0)
+def test_mtbench_pairs():
+    grades = [B.Grade(90, 1, f"m{i}", ("x",), "e", float(i), False) for i in range(6)]
+    pairs = B.mtbench_pairs(grades, 8, seed=0)
+    assert pairs == B.mtbench_pairs(grades, 8, seed=0)
     assert len({frozenset((a.model, b.model)) for a, b in pairs}) == 8
     assert all(a.model != b.model for a, b in pairs)
-    assert len(B.make_pairs(grades, 0, seed=0)) == 15
-    first_sorted = sum(a.model < b.model for a, b in B.make_pairs(grades, 0, seed=0))
+    assert len(B.mtbench_pairs(grades, 0, seed=0)) == 15
+    first_sorted = sum(a.model < b.model for a, b in B.mtbench_pairs(grades, 0, seed=0))
     assert 0 < first_sorted < 15  # orders are drawn, not always sorted
 
 
@@ -86,14 +84,16 @@ TURNS = {81: ("W1?", "W2?"), 82: ("X1?", "X2?"), 111: ("M1?", "M2?"), 112: ("N1?
 
 
 def make_data(root: Path) -> Path:
-    """A miniature copy of the shared data layout: 4 questions (one math), 4 models, 2 turns."""
-    (root / "mtbench_fastchat/mt_bench/reference_answer").mkdir(parents=True)
-    (root / "mtbench_gpt4_judgments_forks").mkdir(parents=True)
+    """A miniature data/ folder: MT-bench with 4 questions (one math), 4 models, 2 turns; the real
+    Auto-J test file (the builder always writes the development set)."""
+    (root / "mtbench").mkdir(parents=True)
+    (root / "autoj").mkdir(parents=True)
+    shutil.copy(DATA / B.AUTOJ_TEST, root / B.AUTOJ_TEST)
     questions = [{"question_id": q, "category": "math" if q > 100 else "writing", "turns": list(t)}
                  for q, t in TURNS.items()]
-    (root / B.QUESTIONS).write_text("".join(json.dumps(q) + "\n" for q in questions))
+    (root / B.MTBENCH_QUESTIONS).write_text("".join(json.dumps(q) + "\n" for q in questions))
     refs = {111: ["m-ref-1", "m-ref-2"], 112: ["n-ref-1", "n-ref-2"]}
-    (root / B.REFERENCES).write_text("".join(
+    (root / B.MTBENCH_REFERENCES).write_text("".join(
         json.dumps({"question_id": q, "choices": [{"index": 0, "turns": t}]}) + "\n" for q, t in refs.items()))
     rows = []
     for q in questions:
@@ -109,7 +109,7 @@ def make_data(root: Path) -> Path:
                          "judge": ["gpt-4", "single-math-v1-multi-turn" if math else "single-v1-multi-turn"],
                          "user_prompt": turn2_prompt(q1, q2, a1, a2, refs.get(qid)),
                          "judgment": f"Assistant A did ok. Rating: [[{10 - m}]]"})
-    with gzip.open(root / B.GRADES, "wt") as f:
+    with gzip.open(root / B.MTBENCH_GRADES, "wt") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -117,9 +117,10 @@ def make_data(root: Path) -> Path:
 def test_build_end_to_end(tmp_path, capsys):
     data = make_data(tmp_path / "data")
     out = tmp_path / "out"
-    assert B.main(["--data", str(data), "--out", str(out), "--pairs-per-turn", "4", "--val-questions", "2"]) == 0
+    args = ["--data", str(data), "--out", str(out), "--mtbench-pairs", "4", "--val-questions", "2", "--sources", "mtbench"]
+    assert B.main(args) == 0
     printed = capsys.readouterr().out
-    assert "train: 16 pairs from 2 questions" in printed and "val: 16 pairs from 2 questions" in printed
+    assert "mtbench: train 16, val 16, train_questions 2" in printed
     assert "1 wins" in printed and "tie" in printed and "2 wins" in printed
 
     train = read_judgelm(out / "train.jsonl")
@@ -155,25 +156,70 @@ def test_build_end_to_end(tmp_path, capsys):
     assert eval_main(["--gt", str(out / "val_gpt4.jsonl"), "--pred", str(preds), "--out", str(tmp_path / "ev")]) == 0
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["agreement"] == 1.0
     # same inputs, same outputs
-    B.main(["--data", str(data), "--out", str(tmp_path / "again"), "--pairs-per-turn", "4", "--val-questions", "2"])
+    B.main([*args[:2], "--out", str(tmp_path / "again"), *args[4:]])
     assert (tmp_path / "again" / "train.jsonl").read_bytes() == (out / "train.jsonl").read_bytes()
 
 
 def test_build_rejects_bad_grades(tmp_path):
     data = make_data(tmp_path / "data")
-    with gzip.open(data / B.GRADES, "rt") as f:
+    with gzip.open(data / B.MTBENCH_GRADES, "rt") as f:
         rows = [json.loads(x) for x in f]
     rows.append(rows[0])
-    with gzip.open(data / B.GRADES, "wt") as f:
+    with gzip.open(data / B.MTBENCH_GRADES, "wt") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ValueError, match=f"line {len(rows)}: second grade of model0"):
-        B.build(data, tmp_path / "out")
+    with pytest.raises(ValueError, match=f"jsonl.gz:{len(rows)}: second grade of model0"):
+        B.build(data, tmp_path / "out", sources=["mtbench"])
 
 
-@pytest.mark.skipif(not (SHARED / B.GRADES).exists(), reason="shared MT-bench grades not present")
-def test_build_real_data(tmp_path):
-    s = B.build(SHARED, tmp_path / "out")
-    assert s["grades"] == 3040
-    assert (s["train"]["pairs"], s["val"]["pairs"]) == (64 * 2 * 24, 16 * 2 * 24)
-    assert len(s["val_questions"]) == 16 and set(s["val_categories"].values()) == {2}
-    assert sum(s["val"]["label balance"].values()) == s["val"]["pairs"]
+def test_real_data_counts_and_question_splits(tmp_path):
+    """The shipped data/ gives the counts data/README.md documents, and no held-out question, instruction
+    or Auto-J test query is trained on."""
+    s = B.build(DATA, tmp_path / "out")
+    src = s["sources"]
+    assert (src["mtbench"]["train"], src["mtbench"]["val"]) == (64 * 2 * 24, 16 * 2 * 24)
+    assert len(src["mtbench"]["val_questions"]) == 16
+    assert (src["alpaca_eval"]["train"], src["alpaca_eval"]["val"]) == (2407, 124)
+    assert src["offsetbias"]["train"] == 1000
+    assert (src["autoj"]["train"], src["autoj"]["critiques_dropped_test_query"]) == (94, 127)
+    # pairs whose question is also an Auto-J test query are dropped: 39 MT-bench turn-1 questions x 24
+    assert s["dropped_autoj_test_query"] == {"mt_bench": 39 * 24, "alpaca_eval": 39}
+    assert s["train"] == 2136 + 2368 + 1000 + 94 and s["autoj_test"] == 1392
+    train = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert Counter(r["metadata"]["source"] for r in train) == {
+        "mt_bench": 2136, "alpaca_eval": 2368, "offsetbias": 1000, "autoj_critiques": 94}
+    val_q = set(src["mtbench"]["val_questions"])
+    assert not {r["metadata"]["mtbench_question_id"] for r in train if r["metadata"]["source"] == "mt_bench"} & val_q
+    alpaca_val = {json.loads(x)["question_body"] for x in (tmp_path / "out" / "alpaca_val.jsonl").read_text().splitlines()}
+    assert alpaca_val and not alpaca_val & {r["question_body"] for r in train}
+    test_keys = {B._query_key(json.loads(x)["question_body"])
+                 for x in (tmp_path / "out" / "autoj_test.jsonl").read_text().splitlines()}
+    assert not test_keys & {B._query_key(r["question_body"]) for r in train}
+    assert len({r["question_id"] for r in train}) == len(train)  # ids are unique
+    # verdict-only sets: positions shuffled, so the first answer wins about half the time
+    for source in ("alpaca_eval", "offsetbias"):
+        first = [r["score"][0] > r["score"][1] for r in train if r["metadata"]["source"] == source]
+        assert 0.45 < sum(first) / len(first) < 0.55, source
+
+
+def test_verdict_sets_score_lines_and_names():
+    row = {"instruction": "Q", "dataset": "oasst", "output_1": "base", "generator_1": "gpt4_1106_preview",
+           "output_2": "other", "generator_2": "m2", "preference": 2.0,
+           "raw_completion": {"concise_explanation": "Model 'm' was better; Model M's answer was short. 'm' wins."},
+           "referenced_models": {"m": "output_2", "M": "output_1"}}
+    recs = [B.alpaca_record(row, 0, seed) for seed in range(20)]
+    for r in recs:
+        flipped = r["metadata"]["flipped"]
+        assert (r["answer1_body"], r["answer2_body"]) == (("other", "base") if flipped else ("base", "other"))
+        win, lose = ("1", "2") if flipped else ("2", "1")
+        assert r["text"] == (("8 4" if flipped else "4 8") + f"\nAssistant {win} was better; Assistant {lose}'s "
+                             f"answer was short. Assistant {win} wins.")
+        assert r["score"] == ([8.0, 4.0] if flipped else [4.0, 8.0])
+    assert {r["metadata"]["flipped"] for r in recs} == {True, False}
+    tie = B.alpaca_record({**row, "preference": 1.5, "referenced_models": None}, 1, 0)
+    assert tie["text"] == "6 6"  # no name map: the score line alone
+
+
+def test_jlm_data_build_cli_errors(tmp_path, capsys):
+    assert jlm_main(["data", "build", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "not found: --data must be the repository's data/ folder" in capsys.readouterr().err
+    assert jlm_main(["data"]) == 2
