@@ -12,6 +12,7 @@ COMMANDS = {
     "chat": ("jlm.infer.cli:chat_main", "chat about a judgement"),
     "eval": ("jlm.metrics.cli:main", "agreement / precision / recall / F1 / consistency / bias"),
     "train": ("jlm.train.cli:main", "fine-tune a judge"),
+    "data": ("jlm.data.build:data_main", "build JudgeLM-format train / validation files from data/"),
 }
 
 
