@@ -1,4 +1,4 @@
-"""Judge throughput of jlm's engine on the same work as shared/bench/hf_peer_judge.py.
+"""Judge throughput of jlm's engine on the same work as benchmarks/peers/hf_peer_judge.py.
 
 A LLaMA shape with random bf16 weights (speed does not depend on the values), N prompts whose
 lengths are uniform in [min_len, max_len) drawn exactly as the peer draws them (same seed, same
@@ -7,6 +7,7 @@ the peer's min_new_tokens). Run it in the same device call as the peer so the ra
 one machine:
 
     python3 scripts/bench_judge.py --preset 7b --n 512 --batch 64 --new-tokens 6
+    python3 benchmarks/peers/hf_peer_judge.py --preset 7b --n 512 --batch 64 --new-tokens 6   # the peer
     python3 scripts/bench_judge.py --preset 7b --n 256 --batch 64 --new-tokens 128
     python3 scripts/bench_judge.py --preset tiny --n 24 --batch 8        # CPU smoke test
     python3 scripts/bench_judge.py --plan-only --new-tokens 6 128 --reasons-n 256   # no model, any CPU
@@ -51,7 +52,7 @@ PEAK_TFLOPS = 800.0  # dense bf16 matmul measured on this workplace's H100 (KIND
 
 
 def prompts(n, lo, hi, seed, vocab):
-    """Exactly hf_peer_judge.py's prompts."""
+    """Exactly benchmarks/peers/hf_peer_judge.py's prompts."""
     rng = np.random.default_rng(seed)
     return [rng.integers(100, vocab - 100, size=int(l)).tolist() for l in rng.integers(lo, hi, size=n)]
 

@@ -1,13 +1,13 @@
 """Fine-tuning throughput and MFU of jlm's train step, side by side with the Hugging Face peer.
 
-The work is the peer's (shared/bench/hf_peer_train.py --preset 1b --batch 8 --seq 2048): a LLaMA of
+The work is the peer's (benchmarks/peers/hf_peer_train.py --preset 1b --batch 8 --seq 2048): a LLaMA of
 the 1.26B shape with random weights, causal-LM loss over random tokens (mean over tokens), AdamW
 (lr 2e-5, no weight decay) with clipping at 1.0, bf16 compute over fp32 master weights. MFU uses
 the peer's formula (6 x params x tokens + causal attention) over the bf16 dense peak (989 TFLOP/s
 on H100/H200), so the ratio is like for like.
 
-    # on the GPU machine, both in one call (shared/bench copied to .carry/):
-    PYTHONPATH=. python3 scripts/bench_train.py --peer .carry/hf_peer_train.py \
+    # on the GPU machine, both in one call:
+    PYTHONPATH=. python3 scripts/bench_train.py --peer benchmarks/peers/hf_peer_train.py \
         --remat none+scan none dots_with_no_batch_dims_saveable --out $OUT/bench_train.json
     # CPU smoke test of the script itself:
     python scripts/bench_train.py --shape tiny --batch 2 --seq 128 --steps 2 --warmup 1 --remat none

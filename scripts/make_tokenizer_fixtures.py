@@ -41,7 +41,7 @@ SP_DIR = FIXTURES / "tiny_sp"
 IDS_JSON = FIXTURES / "tokenizer_ids.json"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-# ---------------------------------------------------------------- JudgeLM prompt (spec/judgelm.md §2.1-2.2)
+# ------------------------------------------- JudgeLM prompt (tests/fixtures/judgelm_prompts.json)
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 PROMPT = (
     "We would like to request your feedback on the performance of two AI assistants in response to the user "

@@ -1,6 +1,5 @@
-"""Prompt strings against literal expectations from the spec (section 2), byte for byte."""
+"""Prompt strings against JudgeLM's upstream literals (tests/fixtures/judgelm_prompts.json), byte for byte."""
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -9,34 +8,24 @@ import pytest
 from jlm.formats import prompts as P
 from jlm.formats.prompts import build_prompt, multi_turn_answer, multi_turn_question, number_word
 
-# Literals copied from /work/shared/spec/judgelm.md section 2.1 / 2.5 (JSON-escaped there too).
-SPEC_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
-SPEC_PROMPT = "We would like to request your feedback on the performance of two AI assistants in response to the user question displayed above.\nPlease rate the helpfulness, relevance, accuracy, level of details of their responses. Each assistant receives an overall score on a scale of 1 to 10, where a higher score indicates better overall performance.\nPlease first output a single line containing only two values indicating the scores for Assistant 1 and 2, respectively. The two scores are separated by a space. In the subsequent line, please provide a comprehensive explanation of your evaluation, avoiding any potential bias and ensuring that the order in which the responses were presented does not affect your judgment."
-SPEC_VQA = "We would like to request your feedback on the performance of two AI assistants' answers in comparing with the reference answer and determine if they match meaningfully. Please rate the helpfulness, relevance, accuracy, level of details of the Assistants' answers. To accomplish the task, you must : 1. Focus on the meaningful match between the reference answer and the Assistants' answers.\n 2. Consider synonyms or paraphrases as valid matches.\n 3. Evaluate the correctness of the Assistants' answers compared to the reference answer.\n 4. If there are multiple reference answers, the Assistants' answer is considered correct as long as it is close to any of the answers.\nPlease first output a single line containing only two values indicating the scores for Assistant 1 and 2, respectively. The two scores are separated by a space. In the subsequent line, please provide a comprehensive explanation of your evaluation, avoiding any potential bias and ensuring that the order in which the responses were presented does not affect your judgment."
-
-SPEC_FILE = Path("/work/shared/spec/judgelm.md")
-
-
-def test_constants_match_spec_literals():
-    assert P.SYSTEM == SPEC_SYSTEM
-    assert P.PROMPT == SPEC_PROMPT
-    assert P.VQA_PROMPT == SPEC_VQA
+# The upstream literals, copied byte for byte from JudgeLM's judgelm/llm_judge/common.py (see the fixture's "source").
+FIXTURE = Path(__file__).parent / "fixtures" / "judgelm_prompts.json"
+SPEC = json.loads(FIXTURE.read_text(encoding="utf-8"))
+SPEC_SYSTEM = SPEC["SYSTEM"]
+SPEC_PROMPT = SPEC["PROMPT"]
+SPEC_VQA = SPEC["VQA_PROMPT"]
+LITERALS = ("SYSTEM", "PROMPT", "TEMPLATE_NOREF", "TEMPLATE_REF", "APPENDIX", "APPENDIX_SINGLE", "VQA_PROMPT")
 
 
-@pytest.mark.skipif(not SPEC_FILE.exists(), reason="spec file not present")
-def test_constants_match_spec_file():
-    spec = SPEC_FILE.read_text()
+def test_fixture_names_upstream_source():
+    assert SPEC["source"]["repository"] == "https://github.com/baaivision/JudgeLM"
+    assert SPEC["source"]["file"] == "judgelm/llm_judge/common.py"
+    assert all(isinstance(SPEC[name], str) and SPEC[name] for name in LITERALS)
 
-    def lit(name):
-        m = re.search(r"^" + re.escape(name) + r"\s*=\s*(\".*\")\s*$", spec, re.MULTILINE)
-        return json.loads(m.group(1))
 
-    assert lit("SYSTEM") == P.SYSTEM
-    assert lit("PROMPT") == P.PROMPT
-    assert lit("TEMPLATE_NOREF") == P.TEMPLATE_NOREF
-    assert lit("TEMPLATE_REF") == P.TEMPLATE_REF
-    vqa = re.search(r"```\n(\".*?\")\n```", spec[spec.index("### 2.5"):], re.DOTALL)
-    assert json.loads(vqa.group(1)) == P.VQA_PROMPT
+@pytest.mark.parametrize("name", LITERALS)
+def test_constants_match_upstream_literals(name):
+    assert getattr(P, name) == SPEC[name]
 
 
 def test_pair_prompt_exact():

@@ -18,8 +18,9 @@ from jlm.formats.records import (
     write_jsonl,
 )
 
-PANDALM_SAMPLE = Path("/work/shared/data/pandalm_sample/testset-v1.first50.json")
-AUTOJ_TEST = Path("/work/shared/data/autoj/test/testdata_pairwise.jsonl.gz")
+REPO = Path(__file__).resolve().parents[1]
+PANDALM_SAMPLE = REPO / "tests" / "fixtures" / "pandalm_testset_first50.json"  # see its .SOURCE.md
+AUTOJ_TEST = REPO / "data" / "autoj" / "pairwise_test_human.jsonl.gz"  # see data/autoj/SOURCE.md
 
 
 def rec(qid, **kw):
@@ -234,7 +235,6 @@ def test_pandalm_errors_name_the_line(tmp_path):
     assert (e.value.line, e.value.field) == (1, "response2")
 
 
-@pytest.mark.skipif(not PANDALM_SAMPLE.exists(), reason="shared PandaLM sample not present")
 def test_read_real_pandalm_sample():
     samples = read_pandalm(PANDALM_SAMPLE)
     assert len(samples) + sum(samples.dropped.values()) == 50
@@ -259,7 +259,6 @@ def test_read_autoj(tmp_path):
     assert e.value.field == "response 1"
 
 
-@pytest.mark.skipif(not AUTOJ_TEST.exists(), reason="shared Auto-J test set not present")
 def test_read_real_autoj():
     samples = read_autoj_pairwise(AUTOJ_TEST)
     assert len(samples) == 1392

@@ -7,7 +7,7 @@ from jlm.formats.scores import format_score_line, parse_scores, scores_label, wi
 
 
 def judgelm_parse_score(review):
-    """JudgeLM's parse_score (eval/gen scripts), transcribed from its behaviour in the spec, for comparison."""
+    """JudgeLM's parse_score (its eval/gen scripts), transcribed from its behaviour, for comparison."""
     try:
         sp = review.split("\n")[0].replace(",", " ").split(" ")
         if len(sp) == 2:

@@ -90,8 +90,8 @@ def test_hidden_states_and_attentions_for_interpretability():
 def test_smollm2_logits_match_transformers_gguf_path(smollm2_model):
     """transformers dequantizes the same GGUF to fp32 and runs eager attention in fp32.
     Tolerance: both sides compute in fp32 over 30 layers with differently ordered reductions
-    (XLA's fused dots vs torch's matmuls), and a judge prompt of 334 tokens. shared/spec/
-    checkpoints.md puts a float32 JAX implementation within 1e-3 of the NLL; logits of magnitude
+    (XLA's fused dots vs torch's matmuls), and a judge prompt of 334 tokens.
+    docs/checkpoints.md puts a float32 JAX implementation within 1e-3 of the NLL; logits of magnitude
     ~20 with ~1e-6 relative error each accumulate to a few 1e-4, so we check 2e-3 on raw logits,
     1e-3 on next-token log-probs, and exact top-1 agreement."""
     model, cfg = smollm2_model

@@ -34,7 +34,7 @@ class ExportSummary:
 
 def hf_config(config: dict[str, Any], torch_dtype: str | None = None) -> dict[str, Any]:
     """`config` in the transformers 4.4x dialect (top-level `rope_theta` / `rope_scaling`, `torch_dtype`),
-    which 4.3x-4.5x and 5.x all read. Accepts any of the three dialects (see spec/checkpoints.md)."""
+    which 4.3x-4.5x and 5.x all read. Accepts any of the three dialects (see docs/checkpoints.md)."""
     cfg = dict(config)
     params = cfg.pop("rope_parameters", None) or {}
     if "rope_theta" not in cfg:

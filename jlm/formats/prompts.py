@@ -1,7 +1,7 @@
 """JudgeLM prompt strings and prompt assembly, byte-exact with the released checkpoints.
 
 Every string here is what `judgelm/llm_judge/common.py` (commit 00c4516, behaviour of 35f6f17)
-feeds the model; see the spec, section 2.  The full prompt is
+feeds the model (tests/fixtures/judgelm_prompts.json holds those literals).  The full prompt is
 
     SYSTEM + "\\n" + TEMPLATE.format(question=..., [reference=...,] answer_1=..., answer_2=..., prompt=PROMPT) + APPENDIX
 

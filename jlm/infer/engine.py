@@ -1,6 +1,6 @@
 """Batched decoding engine: bucketed prefill, an on-device decode loop, tree scoring, kept caches.
 
-How a list of prompts is run (shared/spec/jax_practices.md, section 4):
+How a list of prompts is run (docs/design.md, "KV-cache decoding"):
 
 1. Prompts are sorted by length (longest first, so the largest buffers are made first) and cut
    into runs of at most `batch_size` (`Planner`). Each batch is left-padded to a length bucket (a

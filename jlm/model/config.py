@@ -1,6 +1,6 @@
 """Model configuration: one frozen dataclass, read from a checkpoint's config.
 
-Hugging Face writes `config.json` in three dialects (see shared/spec/checkpoints.md): transformers
+Hugging Face writes `config.json` in three dialects (see docs/checkpoints.md): transformers
 4.28 (no `rope_theta`: 10000), 4.3x-4.4x (`rope_theta`, `rope_scaling`), and 5.x (`rope_parameters`).
 `LlamaConfig.from_hf` reads all three; anything it does not understand is an error, never a
 silent default.
@@ -148,7 +148,7 @@ PRESETS: dict[str, LlamaConfig] = {
                                num_kv_heads=40, head_dim=128, **_LLAMA1),
     "judgelm-33b": LlamaConfig(hidden_size=6656, intermediate_size=17920, num_layers=60, num_heads=52,
                                num_kv_heads=52, head_dim=128, **_LLAMA1),
-    # the peer training benchmark's 1.26B shape (shared/bench/hf_peer_train.py --preset 1b)
+    # the peer training benchmark's 1.26B shape (benchmarks/peers/hf_peer_train.py --preset 1b)
     "llama-1b": LlamaConfig(hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
                             num_kv_heads=32, head_dim=64, **_LLAMA1),
 }

@@ -21,7 +21,7 @@ def peak_tflops(device_kind: str) -> float | None:
 
 def step_flops(cfg: LlamaConfig, rows: int, seq_len: int, *, lora: bool = False) -> float:
     """Model FLOPs of training on `rows` x `seq_len` tokens, the peer benchmark's formula
-    (shared/bench/hf_peer_train.py): 6 x params per token (forward 2, backward 4) plus causal
+    (benchmarks/peers/hf_peer_train.py): 6 x params per token (forward 2, backward 4) plus causal
     attention, 12 x layers x hidden x seq_len per token halved. Recomputation under remat is not
     counted (model FLOPs, not hardware FLOPs). Under LoRA the frozen weights get no weight
     gradient: 4 x params instead of 6."""
