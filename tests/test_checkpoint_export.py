@@ -4,6 +4,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
+import shutil
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -118,21 +121,67 @@ def test_convert_gguf_with_tokenizer(tmp_path, capsys):
     check_records(load_tokenizer(tmp_path / "out"), IDS["tiny_sp"]["records"], what=("ids",))
 
 
-def test_convert_errors_exit_1_without_traceback(tmp_path, capsys):
-    assert convert_main([str(tmp_path / "missing.gguf"), str(tmp_path / "out")]) == 1
+TINY = Path(__file__).parent / "fixtures" / "tiny_mha"  # a complete two-layer model, as .bin shards
+
+
+def tiny_copy(dst, **config_changes):
+    dst.mkdir()
+    for f in TINY.iterdir():
+        if f.name != "logits.npz":
+            shutil.copy(f, dst / f.name)
+    cfg = json.loads((TINY / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps({**cfg, **config_changes}))
+    return dst
+
+
+def test_convert_errors_exit_2_without_traceback(tmp_path, capsys):
+    assert convert_main([str(tmp_path / "missing.gguf"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("jlm convert: error: ") and "no such file" in err and "Traceback" not in err
-    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
-    (tmp_path / "model.safetensors").write_bytes(b"\x10" + b"\0" * 7 + b"{")
-    assert convert_main([str(tmp_path), str(tmp_path / "out")]) == 1
-    assert "truncated" in capsys.readouterr().err
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text((TINY / "config.json").read_text())
+    (src / "model.safetensors").write_bytes(b"\x10" + b"\0" * 7 + b"{")
+    assert convert_main([str(src), str(tmp_path / "out")]) == 2
+    assert "truncated" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_convert_refuses_what_load_model_refuses_before_writing(tmp_path, capsys):
+    yarn = tiny_copy(tmp_path / "yarn", rope_scaling={"rope_type": "yarn", "factor": 4.0})
+    assert convert_main([str(yarn), str(tmp_path / "out")]) == 2
+    assert "rope_scaling type 'yarn' is not supported" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # no empty folder left behind
+    wide = tiny_copy(tmp_path / "wide", intermediate_size=128)
+    assert convert_main([str(wide), str(tmp_path / "out")]) == 2
+    assert "has shape (160, 64), the config says (128, 64)" in capsys.readouterr().err
+    ok = tiny_copy(tmp_path / "ok")
+    assert convert_main([str(ok), str(ok)]) == 2
+    assert "is the source checkpoint" in capsys.readouterr().err
+    (tmp_path / "kept").mkdir()  # a folder the user made is left as it was
+    assert convert_main([str(yarn), str(tmp_path / "kept")]) == 2 and (tmp_path / "kept").is_dir()
+
+    # data cut off after a valid header: found while writing; the new folder goes again
+    write_hf_checkpoint(tmp_path / "st", iter_tensors(ok), json.loads((TINY / "config.json").read_text()))
+    f = tmp_path / "st" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-1000])
+    assert convert_main([str(tmp_path / "st"), str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_writes_the_usual_file_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert convert_main([str(TINY), str(tmp_path / "out")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert modes and set(modes.values()) == {0o644}, modes
 
 
 def test_cli_dispatch(tmp_path, capsys):
     from jlm.cli import main as cli_main
 
-    write_hf_checkpoint(tmp_path / "src", tiny_tensors().items(), CONFIG)
-    assert cli_main(["convert", str(tmp_path / "src"), str(tmp_path / "dst"), "--dtype", "float32"]) == 0
+    assert cli_main(["convert", str(TINY), str(tmp_path / "dst"), "--dtype", "float32"]) == 0
     assert {a.dtype for _, a in iter_tensors(tmp_path / "dst")} == {np.dtype(np.float32)}
     assert "no tokenizer in" in capsys.readouterr().out  # a checkpoint without one still converts
 

@@ -17,7 +17,8 @@ from flax import nnx
 from jlm.formats.records import FormatError
 from jlm.infer.cli import grade_main, judge_main
 from jlm.infer.engine import default_mesh
-from jlm.infer.judge import Judge
+from jlm.infer.engine import Generation
+from jlm.infer.judge import Judge, PromptTooLong, score_budget
 from jlm.model.config import LlamaConfig
 from jlm.model.llama import Llama
 from test_engine import ByteTok
@@ -62,9 +63,8 @@ def bigram_judge(max_len=4096, **kw):
     for block in model.layers:
         block.wo.set_value(np.zeros_like(block.wo.get_value()))
         block.w_down.set_value(np.zeros_like(block.w_down.get_value()))
-    kw.setdefault("batch_size", 4)
-    return Judge(model, TOK, mesh=default_mesh(devices=jax.devices()[:1]), score_tokens=8, max_new_tokens=8,
-                 name="bigram", **kw)
+    kw = {"batch_size": 4, "score_tokens": 8, "max_new_tokens": 8, **kw}
+    return Judge(model, TOK, mesh=default_mesh(devices=jax.devices()[:1]), name="bigram", **kw)
 
 
 def line_prob(first, text):
@@ -165,13 +165,89 @@ def test_n_answers_and_input_order(judge):
         judge.score(items, swap=True)
 
 
-def test_prompt_longer_than_the_context_is_reported_not_run():
+def scripted_decode(judge, monkeypatch, line):
+    """Every decode call writes `line` (cut at its max_new), as a judge that always writes it would."""
+    toks = TOK.encode(line, add_bos=False)
+    calls = []
+
+    def decode(batch, *, max_new, **kw):
+        calls.append(max_new)
+        return [Generation(tokens=toks[:max_new], finished=len(toks) <= max_new) if r >= 0 else None
+                for r in batch.rows]
+    monkeypatch.setattr(judge.engine, "decode", decode)
+    return calls
+
+
+def test_six_answers_with_two_digit_scores_are_not_cut(monkeypatch):
+    judge = bigram_judge(score_tokens=16)  # the default budget of a pair's line
+    calls = scripted_decode(judge, monkeypatch, "10 10 10 10 10 10\n")
+    (r,) = judge.score([("Q?", "a", "b", "c", "d", "e", "f")], distributions=False)
+    assert calls == [score_budget(16, 6)] and score_budget(16, 6) > len("10 10 10 10 10 10\n")
+    assert r.scores == (10.0,) * 6 and r.finished and r.ranking == (0, 1, 2, 3, 4, 5)
+
+
+def test_a_line_cut_at_the_budget_never_parses(monkeypatch):
+    judge = bigram_judge(score_tokens=6)
+    scripted_decode(judge, monkeypatch, "10 10 10 10 10 10")  # run on: cut after "10 10 "
+    (r,) = judge.score(pairs(1), distributions=False)
+    assert r.text == "10 10" and not r.finished and r.scores is None and r.verdict == 0
+    (g,) = judge.grade([("Q?", "ref", "answer")], distributions=False)
+    assert g.text == "10 10" and g.scores is None
+
+
+def test_max_answers_uses_the_judges_score_line_budget():
+    from jlm.formats.prompts import build_prompt
+    from jlm.infer.tasks import max_answers
+    answers = [f"answer number {k} " * 10 for k in range(8)]
+    q = "Which answer is best?"
+    length = [len(TOK.encode(build_prompt(q, answers[:k], mode="multi"))) for k in range(2, 9)]
+    # a context that holds 5 answers with their score line (and not 5 answers with a pair's budget + 1)
+    small = bigram_judge(max_len=length[3] + score_budget(8, 5))
+    assert max_answers(small, q, answers) == 5
+    (fit,) = small.score([(q, *answers[:5])], distributions=False)
+    assert fit.input_truncated is None and fit.error is None
+    (over,) = small.score([(q, *answers[:6])], distributions=False)
+    assert over.input_truncated is not None  # the judge agrees: six do not fit
+
+
+def test_prompt_longer_than_the_context_is_judged_with_shortened_answers():
+    from jlm.formats.prompts import build_prompt
     small = bigram_judge(max_len=1600)
     long = pairs(2)
     long[0]["answer1_body"] = "word " * 200
-    res = small.score(long)
-    assert res[0].error and "context" in res[0].error and res[0].verdict == 0 and res[0].text == ""
-    assert res[1].error is None and res[1].scores == (8.0, 3.0)
+    long[0]["answer2_body"] = "other " * 100
+    seen = []
+    res = small.score(long, distributions=False, on_result=seen.append)
+    r = res[0]
+    assert r.error is None and r.scores == (8.0, 3.0) and r.verdict == 1  # judged, not a silent tie
+    a1, a2 = long[0]["answer1_body"], long[0]["answer2_body"]
+    cap = len(a1) - r.input_truncated[0]  # the byte tokenizer: one token per character
+    assert r.input_truncated == (len(a1) - cap, max(0, len(a2) - cap)) and r.input_truncated[1] > 0
+    fits = lambda c: len(TOK.encode(build_prompt(long[0]["question_body"], [a1[:c], a2[:c]]))) + 8 <= 1600
+    assert fits(cap) and not fits(cap + 1)  # the answers lost no more than they had to
+    assert res[1].input_truncated is None and res[1].scores == (8.0, 3.0)
+    assert len(seen) == 2
+
+    with pytest.raises(PromptTooLong, match="1600-token context") as e:
+        small.score(long, distributions=False, on_overflow="error")
+    assert e.value.index == 0 and e.value.question_id == 100
+    seen = []
+    skipped = small.score(long, distributions=False, on_overflow="skip", on_result=seen.append)
+    assert "skipped" in skipped[0].error and skipped[0].verdict is None and [s.index for s in seen] == [1]
+
+    hopeless = [dict(long[0], question_body="why " * 400)]  # the question alone is too long: never cut
+    (h,) = small.score(hopeless, distributions=False)
+    assert h.error and "even with the answers cut" in h.error and h.verdict is None and h.scores is None
+
+
+def test_rows_without_reasons_are_delivered_before_the_others_reasons(judge, monkeypatch):
+    events = []
+    real = judge.engine.decode
+    monkeypatch.setattr(judge.engine, "decode", lambda *a, **k: events.append(("decode", k["stop"])) or real(*a, **k))
+    judge.score(pairs(4), reasons=lambda r: r.question_id == 101, distributions=False,
+                on_result=lambda r: events.append(("result", r.question_id)))
+    assert events == [("decode", "newline"), ("result", 100), ("result", 102), ("result", 103),
+                      ("decode", "eos"), ("result", 101)]
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -252,6 +328,104 @@ def test_cli_input_errors_name_file_and_line(judge, tmp_path):
     write_jsonl(out, [{"question_id": 555}])
     with pytest.raises(FormatError, match="not in the input"):
         judge_main(["--input", str(inp), "--output", str(out)], judge=judge)
+
+
+def test_cli_output_ends_in_input_order(judge, tmp_path, monkeypatch):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(inp, pairs(9))  # longer prompts come later in the input, and are judged first
+    appended, real = [], judge.score
+    monkeypatch.setattr(judge, "score", lambda *a, on_result, **k: real(
+        *a, on_result=lambda r: appended.append(r.question_id) or on_result(r), **k))
+    assert judge_main(["--input", str(inp), "--output", str(out), "--quiet"], judge=judge) == 0
+    assert appended != sorted(appended)  # completion order is not input order ...
+    assert [r["question_id"] for r in read_jsonl(out)] == list(range(100, 109))  # ... but the file is
+    assert not (tmp_path / "out.jsonl.tmp").exists()
+
+
+def test_cli_overflow_truncates_marks_and_counts(tmp_path, capsys):
+    small = bigram_judge(max_len=1600)
+    recs = pairs(3)
+    recs[1]["answer1_body"] = "word " * 300
+    recs[2]["question_body"] = "why " * 400  # cannot fit: the question is never cut
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(inp, recs)
+    assert judge_main(["--input", str(inp), "--output", str(out), "--quiet", "--no-distributions"], judge=small) == 1
+    got = {r["question_id"]: r for r in read_jsonl(out)}
+    assert got[101]["input_truncated"] is True and got[101]["input_tokens_removed"][0] > 0
+    assert got[101]["scores"] == [8, 3] and got[101]["answer1_body"] == recs[1]["answer1_body"]
+    assert "error" in got[102] and "verdict" not in got[102] and "input_truncated" not in got[100]
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("2 judged: answer 1 better 2, tie 0, answer 2 better 0; 1 input truncated, 1 failed")
+
+    # a rerun judges the failed sample again instead of counting it done
+    assert judge_main(["--input", str(inp), "--output", str(out), "--quiet", "--no-distributions"], judge=small) == 1
+    assert [r["question_id"] for r in read_jsonl(out)] == [100, 101, 102]
+    assert capsys.readouterr().out.strip().startswith("0 judged")
+
+    out2 = tmp_path / "skip.jsonl"
+    assert judge_main(["--input", str(inp), "--output", str(out2), "--quiet", "--no-distributions",
+                       "--on-overflow", "skip"], judge=small) == 0
+    assert [r["question_id"] for r in read_jsonl(out2)] == [100]  # both long ones left out, and counted
+    assert "2 skipped" in capsys.readouterr().out
+    with pytest.raises(FormatError, match=r"in\.jsonl:2: question_id 101: prompt of \d+ tokens"):
+        judge_main(["--input", str(inp), "--output", str(tmp_path / "e.jsonl"), "--on-overflow", "error"],
+                   judge=small)
+
+
+def test_cli_refuses_to_mix_record_kinds_and_bad_flags(judge, tmp_path, capsys):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(inp, pairs(3))
+    write_jsonl(out, [])
+    base = ["--input", str(inp), "--output", str(out), "--quiet"]
+
+    def partial(*flags):  # a first run that judged one sample, then was stopped
+        out.unlink()
+        judge_main(base + list(flags), judge=judge)
+        out.write_text(out.read_text().splitlines()[0] + "\n")
+
+    refs = tmp_path / "refs.jsonl"
+    write_jsonl(refs, [{"question_id": 100 + i, "reference": {"text": "r"}} for i in range(3)])
+    for first, again, flag in [([], ["--swap"], "--swap"), (["--swap"], [], "--swap"),
+                               ([], ["--no-distributions"], "--no-distributions"),
+                               ([], ["--model", "other-judge"], "--model"),
+                               ([], ["--reference-file", str(refs)], "reference")]:
+        partial(*first)
+        with pytest.raises(FormatError, match=rf"out\.jsonl:1: .*{flag}.*another --output"):
+            judge_main(base + again, judge=judge)
+    partial("--swap")
+    assert judge_main(base + ["--swap"], judge=judge) == 0 and len(read_jsonl(out)) == 3  # same flags resume
+
+    for bad in (["--output", str(inp)], ["--batch-size", "0"]):
+        with pytest.raises(SystemExit) as e:
+            judge_main(["--input", str(inp), "--output", str(out)] + bad, judge=judge)
+        assert e.value.code == 2
+    assert "--output is the input file" in capsys.readouterr().err
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert judge_main(["--input", str(empty), "--output", str(tmp_path / "none.jsonl")], judge=judge) == 0
+    assert "has no samples" in capsys.readouterr().err and not (tmp_path / "none.jsonl").exists()
+
+
+def test_cli_reference_file_from_the_data_builder(judge, tmp_path, capsys):
+    """`jlm data build`'s val_references.jsonl: a null reference means none; a question without a line
+    is judged without one too, and counted, unless --require-reference."""
+    inp, out, refs = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "refs.jsonl"
+    write_jsonl(inp, pairs(3))
+    write_jsonl(refs, [{"question_id": 100, "reference": {"model": "gpt-4", "text": "ref 0"}},
+                       {"question_id": 101, "reference": None}, {"question_id": 555, "reference": "unused"}])
+    assert judge_main(["--input", str(inp), "--output", str(out), "--reference-file", str(refs), "--quiet"],
+                      judge=judge) == 0
+    got = read_jsonl(out)
+    assert [r.get("reference") for r in got] == ["ref 0", None, None]
+    assert "2 of 3 questions have no reference" in capsys.readouterr().err
+    with pytest.raises(FormatError, match=r"refs\.jsonl:2: field 'reference': question_id 101 has a null"):
+        judge_main(["--input", str(inp), "--output", str(tmp_path / "o.jsonl"), "--reference-file", str(refs),
+                    "--require-reference"], judge=judge)
+    write_jsonl(refs, [{"question_id": 100, "reference": "a"}, {"question_id": 101, "reference": "b"}])
+    with pytest.raises(FormatError, match="question_id 102 has no line"):
+        judge_main(["--input", str(inp), "--output", str(tmp_path / "o.jsonl"), "--reference-file", str(refs),
+                    "--require-reference"], judge=judge)
 
 
 def test_cli_grade(judge, tmp_path):

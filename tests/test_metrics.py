@@ -58,10 +58,12 @@ def test_consistency_and_position_bias_hand_computed():
     # item 0: consistent; item 1: 1st position wins both times -> bias toward 1st; 2: consistent tie;
     # item 3: seq says 2nd wins, swapped says 1st (the same answer) -> consistent
     c = position_consistency([1, 1, 0, -1], [-1, 1, 0, 1])
-    assert c == pytest.approx({"consistency": 0.75, "bias_first": 0.25, "bias_second": 0.0, "delta_bias": 0.25})
+    assert c == pytest.approx({"consistency": 0.75, "bias_first": 0.25, "bias_second": 0.0, "delta_bias": 0.25,
+                               "total_bias": 0.25})
     c = position_consistency([-1, 0, 1], [-1, 1, 1])
     # item 0: 2nd wins both times -> bias 2nd; item 1: tie then 1st (= the answer that was 2nd) -> d = 0 - 1 < 0
-    assert c == pytest.approx({"consistency": 0.0, "bias_first": 2 / 3, "bias_second": 1 / 3, "delta_bias": 1 / 3})
+    assert c == pytest.approx({"consistency": 0.0, "bias_first": 2 / 3, "bias_second": 1 / 3, "delta_bias": 1 / 3,
+                               "total_bias": 1.0})
 
 
 def test_judge_metrics_with_swapped_filters_the_same_items():
@@ -92,7 +94,8 @@ def reference_eval(gt_texts, seq_texts, rev_texts):
         return 1 if s[0] - s[1] > 0 else -1 if s[1] - s[0] > 0 else 0
 
     rows = [(parse(g), parse(s), parse(r)) for g, s, r in zip(gt_texts, seq_texts, rev_texts)]
-    rows = [(lab(g), lab(s), lab(r)) for g, s, r in rows if g != [-1, -1]]
+    # JudgeLM drops a ground-truth line when either of its scores is -1 (a failure, or a line like "-1 5")
+    rows = [(lab(g), lab(s), lab(r)) for g, s, r in rows if g[0] != -1 and g[1] != -1]
     yt, yp, yr = zip(*rows)
     labels = sorted(set(yt) | set(yp))
     ps, rs, fs = [], [], []
@@ -110,7 +113,8 @@ def reference_eval(gt_texts, seq_texts, rev_texts):
     return {"agreement": sum(a == b for a, b in zip(yt, yp)) / n, "precision": sum(ps) / len(ps),
             "recall": sum(rs) / len(rs), "f1": sum(fs) / len(fs),
             "consistency": sum(a == b for a, b in zip(flipped, yr)) / n,
-            "bias_first": before / n, "bias_second": after / n, "delta_bias": abs(before - after) / n, "n": n}
+            "bias_first": before / n, "bias_second": after / n, "delta_bias": abs(before - after) / n,
+            "total_bias": (before + after) / n, "n": n}
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -123,6 +127,8 @@ def test_matches_reference_eval_on_random_data(seed):
             return "error"
         if u < 0.1:
             return "8/10 7/10"
+        if u < 0.2:  # one score -1: JudgeLM drops such a teacher line; a judge's stays (2nd or 1st wins)
+            return f"-1 {rng.integers(1, 11)}" if u < 0.15 else f"{rng.integers(1, 11)} -1"
         return f"{rng.integers(1, 11)} {rng.integers(1, 11)}\nexplanation"
 
     n = 200
@@ -131,6 +137,14 @@ def test_matches_reference_eval_on_random_data(seed):
     ref = reference_eval(gt, seq, rev)
     for k, v in ref.items():
         assert ours[k] == pytest.approx(v), k
+
+
+def test_teacher_line_with_one_minus_one_is_dropped_as_judgelm_does():
+    gt = ["-1 5", "5 -1", "-1 -1", "8 2", "3 7"]
+    seq = ["9 1", "1 9", "5 5", "9 1", "-1 4"]  # a judge's "-1 4" is kept: answer 2 wins
+    m = judge_metrics(gt, seq, ["1 9"] * 5)
+    assert m["n"] == 2 and m["n_teacher_failures"] == 3 and m["agreement"] == 1.0
+    assert m["total_bias"] == pytest.approx(m["bias_first"] + m["bias_second"]) == pytest.approx(1 - m["consistency"])
 
 
 def test_judge_metrics_errors():

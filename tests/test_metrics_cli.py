@@ -8,7 +8,8 @@ import pytest
 from jlm.metrics import judge_metrics, length_correlation, pandalm_protocol
 from jlm.metrics.cli import guess_format, main
 
-KEYS = ("agreement", "precision", "recall", "f1", "consistency", "bias_first", "bias_second", "delta_bias", "n")
+KEYS = ("agreement", "precision", "recall", "f1", "consistency", "bias_first", "bias_second", "delta_bias",
+        "total_bias", "n")
 MODELS = ["m-a", "m-b", "m-c"]
 
 

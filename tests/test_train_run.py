@@ -176,6 +176,56 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
               batches=judge_batches(cut_cfg, samples, tok), model_cfg=mcfg)
 
 
+def _steps(run_dir):
+    return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_damaged_latest_checkpoint_falls_back_and_a_cut_log_line_is_repaired(tmp_path, capsys):
+    from jlm.train.trainer import train
+    samples = _samples()
+    tok = _tokenizer(samples)
+    mcfg = _model_cfg(tok.vocab_size)
+    cfg = _run_cfg(tmp_path, "run", max_steps=4, save_every=2, swap_prob=0.5)
+    assert cfg.keep == 2  # the default: one to fall back to
+    full = train(cfg, samples=samples, tokenizer=tok, model_cfg=mcfg)
+    run = tmp_path / "run"
+    assert _steps(run) == [2, 4]
+
+    step4 = run / "checkpoints" / "4"
+    biggest = max((f for f in step4.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    size = biggest.stat().st_size
+    with open(biggest, "r+b") as f:
+        f.truncate(size // 2)
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # a kill in the middle of a log line
+    capsys.readouterr()
+    again = train(cfg.replace(resume=True), samples=samples, tokenizer=tok, model_cfg=mcfg)
+    said = capsys.readouterr().out
+    assert f"checkpoint step 4 is damaged ({biggest} has {size // 2} of its {size} bytes); moved it to " in said
+    assert "resumed at step 2" in said and "removed an incomplete last line (15 bytes)" in said
+    assert (run / "checkpoints_damaged" / "4").is_dir() and _steps(run) == [2, 4]
+    assert [(r["step"], r["loss"]) for r in again.records] == [(r["step"], r["loss"]) for r in full.records]
+
+    (run / "checkpoints" / "4" / "data" / "metadata").unlink()  # the data-iterator state of the new step 4
+    train(cfg.replace(resume=True), samples=samples, tokenizer=tok, model_cfg=mcfg)
+    assert f"checkpoint step 4 is damaged ({run / 'checkpoints' / '4' / 'data' / 'metadata'} is missing)" in \
+        capsys.readouterr().out
+
+
+def test_an_earlier_run_is_not_overwritten_nor_resumed_with_another_shape(tmp_path):
+    from jlm.train.trainer import train
+    samples = _samples(2)
+    tok = _tokenizer(samples)
+    mcfg = _model_cfg(tok.vocab_size)
+    cfg = _run_cfg(tmp_path, "run", max_steps=1, save_every=1, lora_rank=2, lora_alpha=4.0)
+    train(cfg, samples=samples, tokenizer=tok, model_cfg=mcfg)
+    with pytest.raises(TrainConfigError, match=r"holds the checkpoints of an earlier run \(up to step 1\): "
+                                               "pass --resume"):
+        train(cfg, samples=samples, tokenizer=tok, model_cfg=mcfg)
+    with pytest.raises(TrainConfigError, match=r"was made with lora_rank=2 \(this run 4\)"):
+        train(cfg.replace(resume=True, lora_rank=4), samples=samples, tokenizer=tok, model_cfg=mcfg)
+
+
 def _judgelm_jsonl(path, samples):
     with open(path, "w") as f:
         for s in samples:
@@ -209,7 +259,8 @@ def test_jlm_train_cli_lora_from_checkpoint_and_merged_export(tmp_path):
     result = train(cfg)
     assert [r["step"] for r in result.records] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) for r in result.records)
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == ["3"]
+    # the preset's keep=1, but two are always kept: a damaged latest one has one to fall back to
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "3"]
     assert (tmp_path / "run" / "loss.png").exists()
 
     # resuming the finished LoRA run restores the adapters and rebuilds the frozen base from --model

@@ -4,14 +4,19 @@
     jlm convert SmolLM2-135M-Instruct.Q4_1.gguf smollm2-hf/ --dtype float32
 
 The tokenizer comes along: copied from an HF directory, rebuilt from a GGUF's metadata.
+A checkpoint that `jlm.load_model` would refuse (an unsupported config, missing or misshapen
+tensors) is refused before anything is written; a failed conversion leaves no new folder behind.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -47,6 +52,35 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def check_loadable(src: Path, config: dict) -> None:
+    """Raise what `jlm.load_model` would raise for this config and these tensor shapes (headers only)."""
+    from jlm.checkpoint import tensor_shapes
+    from jlm.model.config import LlamaConfig
+    from jlm.model.load import WeightError, hf_shapes
+
+    cfg = LlamaConfig.from_hf(config, source=str(src))
+    want, got = hf_shapes(cfg), tensor_shapes(src)
+    if cfg.tie_word_embeddings:
+        got.pop("lm_head.weight", None)  # load_model ignores a saved tied head
+    for name, shape in got.items():
+        if name not in want:
+            raise WeightError(f"{src}: unexpected tensor {name!r} for a model with {cfg.num_layers} layers")
+        if tuple(shape) != want[name]:
+            raise WeightError(f"{src}: tensor {name!r} has shape {tuple(shape)}, the config says {want[name]}")
+    missing = sorted(set(want) - set(got))
+    if missing:
+        raise WeightError(f"{src}: missing tensors {missing[:5]}" + (f" (and {len(missing) - 5} more)"
+                                                                     if len(missing) > 5 else ""))
+
+
+def _readable_by_all(paths) -> None:
+    """The usual mode (0666 less the umask): safetensors writes through a private temporary file (0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in paths:
+        os.chmod(p, 0o666 & ~mask)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="jlm convert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,20 +95,33 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     from jlm.checkpoint import iter_tensors, read_config, write_hf_checkpoint
-    from jlm.model.load import resolve_model_path
+    from jlm.model.config import ConfigError
+    from jlm.model.load import WeightError, resolve_model_path
     from jlm.tokenizer import has_tokenizer
 
     start = time.perf_counter()
+    dst = Path(args.dst)
+    created = not dst.exists()
     try:
         args.src = resolve_model_path(args.src)
+        if dst.resolve() == args.src.resolve():
+            raise CheckpointError(f"{dst} is the source checkpoint; write the conversion to another folder")
+        if dst.exists() and not dst.is_dir():
+            raise CheckpointError(f"{dst} is a file; the output is a folder")
         config = read_config(args.src)
+        check_loadable(args.src, config)
         with_tokenizer = not args.no_tokenizer and has_tokenizer(args.src)
-        summary = write_hf_checkpoint(args.dst, _cast(iter_tensors(args.src), DTYPES[args.dtype]), config,
+        summary = write_hf_checkpoint(dst, _cast(iter_tensors(args.src), DTYPES[args.dtype]), config,
                                       max_shard_bytes=args.max_shard_size,
                                       tokenizer_src=args.src if with_tokenizer else None)
-    except (CheckpointError, OSError) as e:
+        _readable_by_all(summary.files)
+    except BaseException as e:
+        if created and dst.is_dir():  # the folder is ours and holds nothing usable
+            shutil.rmtree(dst, ignore_errors=True)
+        if not isinstance(e, (CheckpointError, ConfigError, WeightError, OSError)):
+            raise
         print(f"jlm convert: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     seconds = time.perf_counter() - start
     dtypes = ", ".join(f"{n} {d}" for d, n in sorted(summary.dtypes.items()))
     print(f"wrote {summary.tensors} tensors ({dtypes}), {_fmt_bytes(summary.bytes)} in {seconds:.1f} s "

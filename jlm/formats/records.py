@@ -83,16 +83,38 @@ def open_text(path: str | Path) -> io.TextIOBase:
     return open(path, encoding="utf-8")
 
 
+def _open_bytes(path: str | Path):
+    path = Path(path)
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _not_utf8(path: str | Path, data: bytes, start: int, offset: int, line: int) -> FormatError:
+    """The error for an undecodable byte at data[start], `offset` bytes into the file."""
+    return FormatError(path, line, None, f"not UTF-8: byte 0x{data[start]:02x} at byte offset {offset} of the file; "
+                       "save the file as UTF-8")
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; anything but a JSON object is a FormatError."""
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
+    """(line number, object) for every non-blank line; anything but a JSON object is a FormatError.
+
+    Lines end at "\n" only, as `wc -l` and `sed -n` count them (a stray "\r" inside a line does not
+    start a new one), and JSON error columns count characters from the start of that line."""
+    offset = 0  # bytes before this line, for the position of a byte that is not UTF-8
+    with _open_bytes(path) as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, raw, e.start, offset + e.start, lineno) from None
+            offset += len(raw)
+            line = line.rstrip("\r\n")  # else an error at the line's end is reported as column 1 of "line 2"
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise FormatError(path, lineno, None, f"invalid JSON ({e.msg}, column {e.colno})") from None
+                raise FormatError(path, lineno, None, f"invalid JSON ({e.msg}, column {e.pos + 1}"
+                                  f"{' (end of line)' if e.pos >= len(line) else ''})") from None
             if not isinstance(obj, dict):
                 raise FormatError(path, lineno, None, f"expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj
@@ -100,8 +122,13 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 def iter_json_array(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number where the item starts, object) for every item of a JSON array of objects."""
-    with open_text(path) as f:
-        text = f.read()
+    with _open_bytes(path) as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, data, e.start, e.start, data.count(b"\n", 0, e.start) + 1) from None
+    text = text.replace("\r\n", "\n")
     decoder = json.JSONDecoder()
     pos = _skip_ws(text, 0)
     if pos >= len(text) or text[pos] != "[":

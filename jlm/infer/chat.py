@@ -23,7 +23,7 @@ import numpy as np
 
 from jlm.formats.prompts import build_prompt
 from jlm.formats.scores import parse_scores, win_label
-from jlm.infer.judge import Judgement, as_item
+from jlm.infer.judge import Judgement, as_item, score_budget
 
 TURN = "\n\n### Question: {question}\n### Answer:"
 # A small model often goes on to invent the next turn itself; the answer ends where it starts one.
@@ -59,7 +59,7 @@ class JudgeChat:
         limit = judge.cfg.max_position_embeddings
         context = min(limit, 2048) if context is None else min(context, limit)
         length = self.engine.bucket(len(ids))
-        if length + judge.score_tokens >= context:
+        if length + score_budget(judge.score_tokens, len(item.answers)) >= context:
             raise ValueError(f"the judging prompt has {len(ids)} tokens; it does not fit a {context}-token chat "
                              "context (pass a larger context=, up to the model's "
                              f"{limit})")
@@ -74,10 +74,10 @@ class JudgeChat:
     def _judgement(self, item, tokens: list[int]) -> Judgement:
         raw = self.tokenizer.decode(tokens, skip_special_tokens=True)
         # as Judge.score: the score line is the text before the first newline, even if it is empty
-        line, _, rest = raw.partition("\n")
+        line, newline, rest = raw.partition("\n")
         text = raw.strip()
         n = {"pair": 2, "single": 1, "vqa": 1}.get(self.mode, len(item.answers))
-        scores = parse_scores(line, n=n)
+        scores = parse_scores(line, n=n) if newline or not self.truncated else None  # a cut line never parses
         scores = tuple(scores) if scores is not None else None
         ranking = None
         if self.mode == "multi" and scores is not None:

@@ -2,10 +2,16 @@
 
 Each output line is the input record plus JudgeLM's prediction fields (`pred_id`, `pred_text`,
 `pred_model_id`, `tstamp`, and `reference` when one was shown) and ours: `scores`, `verdict`,
-`distribution`, and with --swap the reversed order's `swap` record. Records are appended (and
-flushed) the moment their sample is judged, in completion order (longest prompts first), not input
-order. Rerunning the same command resumes: samples whose question_id is already in the output are
-skipped, and a line cut off by a kill is removed first, so nothing is lost or written twice.
+`distribution`, with --swap the reversed order's `swap` record, and `input_truncated` /
+`input_tokens_removed` where the answers were cut to fit the context (--on-overflow).
+
+Records are appended (and flushed) the moment their sample is judged, in completion order
+(longest prompts first). Rerunning the same command resumes: samples whose question_id is already
+in the output are skipped, a line cut off by a kill is removed first, and records of samples that
+could not be judged (`error`) are judged again; a rerun with other flags (--swap, --model, ...)
+is refused rather than mixing two kinds of record in one file. When every sample is done the file
+is rewritten in input order (atomically), so JudgeLM's line-aligned eval reads it as it is. The
+exit status is 1 when a sample could not be judged (its prompt does not fit even with empty answers).
 """
 from __future__ import annotations
 
@@ -33,7 +39,10 @@ def read_samples(path: str | Path, n_answers: int = 2) -> list[tuple[int, dict]]
             raise FormatError(path, line, "question_id", f"duplicate id {qid!r} (first on line {seen[qid]}); "
                               "output records are matched to input by question_id")
         seen[qid] = line
-        for name in ["question_body"] + [f"answer{k}_body" for k in range(1, n_answers + 1)]:
+        names = ["question_body"] + [f"answer{k}_body" for k in range(1, n_answers + 1)]
+        while f"answer{len(names)}_body" in rec:  # N-answer records: every answer present is checked
+            names.append(f"answer{len(names)}_body")
+        for name in names:
             if not isinstance(rec.get(name), str):
                 raise FormatError(path, line, name, "missing" if name not in rec else
                                   f"expected a string, got {type(rec[name]).__name__}")
@@ -41,30 +50,43 @@ def read_samples(path: str | Path, n_answers: int = 2) -> list[tuple[int, dict]]
     return out
 
 
-def read_references(path: str | Path, ids: list[Any]) -> dict[Any, str]:
-    """question_id -> reference text from a JudgeLM references file (`reference` = {"text": ...} or a string)."""
-    refs: dict[Any, str] = {}
+def read_references(path: str | Path, ids: list[Any], *, require: bool = False) -> dict[Any, str | None]:
+    """question_id -> reference text from a references file: JudgeLM's (`reference` = {"text": ...})
+    or `jlm data build`'s (`reference` null where a question has none), or a bare string.
+
+    A question with a null reference, or with no line in the file, is judged without one (unless
+    `require`); the references of ids not in `ids` are ignored."""
+    refs: dict[Any, str | None] = {}
     lines: dict[Any, int] = {}
     for line, rec in iter_jsonl(path):
         qid = rec.get("question_id")
-        ref = rec.get("reference")
+        if qid is None or isinstance(qid, bool) or not isinstance(qid, (int, str)):
+            raise FormatError(path, line, "question_id", f"expected an integer or string id, got {qid!r} "
+                              "(references are matched to the input by question_id)")
+        if "reference" not in rec:
+            raise FormatError(path, line, "reference", "missing (null for a question without one)")
+        ref = rec["reference"]
         text = ref.get("text") if isinstance(ref, dict) else ref
-        if not isinstance(text, str):
-            raise FormatError(path, line, "reference", f"expected {{'text': ...}} or a string, got {ref!r}")
+        if isinstance(ref, dict) and not isinstance(text, str):
+            raise FormatError(path, line, "reference.text", f"expected a string, got {text!r}")
+        if text is not None and not isinstance(text, str):
+            raise FormatError(path, line, "reference", f"expected {{'text': ...}}, a string or null, got {ref!r}")
         if qid in lines:
             raise FormatError(path, line, "question_id", f"duplicate id {qid!r} (first on line {lines[qid]})")
         refs[qid], lines[qid] = text, line
-    missing = [q for q in ids if q not in refs]
-    if missing:
-        raise FormatError(path, None, "question_id", f"no reference for question_id {missing[0]!r}"
-                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    return refs
+    if require:
+        for q in ids:
+            if refs.get(q) is None:
+                raise FormatError(path, lines.get(q), "reference" if q in refs else "question_id",
+                                  f"question_id {q!r} has " + ("a null reference" if q in refs else "no line")
+                                  + " (--require-reference)")
+    return {q: refs.get(q) for q in ids}
 
 
-def done_ids(path: Path, wanted: set) -> set:
-    """question_ids already in the output file. A last line cut off by a kill is removed."""
+def read_output(path: Path, wanted: set) -> list[tuple[int, dict]]:
+    """(line, record) of an output file to resume. A last line cut off by a kill is removed."""
     if not path.exists():
-        return set()
+        return []
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     if end < len(data):  # a partial last record: the sample is judged again
@@ -72,16 +94,49 @@ def done_ids(path: Path, wanted: set) -> set:
             f.truncate(end)
         print(f"{path}: removed an incomplete last line ({len(data) - end} bytes) left by an interrupted run",
               file=sys.stderr)
-    done = set()
+    out, seen = [], {}
     for line, rec in iter_jsonl(path):
         qid = rec.get("question_id")
         if qid not in wanted:
             raise FormatError(path, line, "question_id", f"id {qid!r} is not in the input; is this output "
                               "from another input file? (choose another --output)")
-        if qid in done:
-            raise FormatError(path, line, "question_id", f"duplicate id {qid!r} in the output")
-        done.add(qid)
-    return done
+        if qid in seen:
+            raise FormatError(path, line, "question_id", f"duplicate id {qid!r} in the output (first on line "
+                              f"{seen[qid]})")
+        seen[qid] = line
+        out.append((line, rec))
+    return out
+
+
+def check_same_run(path: Path, line: int, rec: dict, want: dict[str, Any]) -> None:
+    """FormatError unless an output record was made with the flags of this run: `want` holds this run's
+    --swap, --no-distributions, --model (its id) and reference for the record's sample."""
+    got = {"--swap": "swap" in rec, "--no-distributions": "distribution" not in rec,
+           "--model": rec.get("pred_model_id"), "--reference-file": rec.get("reference")}
+    for flag, value in want.items():
+        if got[flag] == value:
+            continue
+        if flag == "--model":
+            why = f"it was judged by {got[flag]!r}, this run's --model is {value!r}"
+        elif flag == "--reference-file":
+            why = ("it was judged " + ("without a reference" if got[flag] is None else "with another reference")
+                   + ", this run " + ("has none for it" if value is None else "shows one (--reference-file)"))
+        else:
+            why = f"it was written {'with' if got[flag] else 'without'} {flag}, this run " \
+                  f"{'has' if value else 'does not have'} it"
+        raise FormatError(path, line, None, f"{why}; resume with the flags of the first run, or choose another "
+                          "--output (records of two kinds are not mixed in one file)")
+
+
+def rewrite(path: Path, records: list[dict]) -> None:
+    """Replace `path` by `records`, atomically: a kill leaves the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -104,6 +159,9 @@ def output_record(rec: dict, res, model_id: str, reference: str | None) -> dict:
             out[key] = {"pred_text": one.text, "scores": list(one.scores) if one.scores is not None else None}
             if one.distribution is not None:
                 out[key]["distribution"] = one.distribution.to_json()
+    if res.input_truncated is not None:  # the answers were cut to fit the context
+        out["input_truncated"] = True
+        out["input_tokens_removed"] = list(res.input_truncated)
     if not res.finished:
         out["truncated"] = True  # hit the token cap before the line end / EOS
     if res.error is not None:
@@ -129,6 +187,9 @@ def describe(rec: dict, res) -> str:
         else:
             verdict += f" ({' vs '.join(f'{s:g}' for s in res.scores)})"
     lines = [f"{rec['question_id']}: {q}", f"    judge wrote: {shown!r} -> {verdict}"]
+    if res.input_truncated is not None:
+        lines.append(f"    input truncated to fit the context: {', '.join(map(str, res.input_truncated))} "
+                     "tokens removed from the answers")
     d = res.distribution
     if d is not None:
         mass = 1.0 - d.residual
@@ -142,6 +203,13 @@ def describe(rec: dict, res) -> str:
 
 
 # --------------------------------------------------------------------------------------------- run
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _parser(prog: str, single: bool) -> argparse.ArgumentParser:
     what = "single answers (answer1_body: the reference answer, given a forced 10; answer2_body: graded)" \
         if single else "answer pairs (question_body, answer1_body, answer2_body)"
@@ -150,42 +218,82 @@ def _parser(prog: str, single: bool) -> argparse.ArgumentParser:
                     help="checkpoint: HF directory, .safetensors, .gguf, 'smollm2', or a PEFT LoRA adapter directory")
     ap.add_argument("--input", required=True, help="JSONL with question_id, question_body, answer1_body, answer2_body")
     ap.add_argument("--output", required=True, help="JSONL to append results to (rerun to resume)")
-    ap.add_argument("--reference-file", help="JSONL with question_id and reference ({'text': ...}); shown to the judge")
+    ap.add_argument("--reference-file", help="JSONL with question_id and reference ({'text': ...} or null); shown "
+                    "to the judge. A question without one is judged without a reference")
+    ap.add_argument("--require-reference", action="store_true",
+                    help="every question must have a reference in --reference-file")
     ap.add_argument("--reasons", action="store_true", help="generate the explanation after the scores (slower)")
     if not single:
         ap.add_argument("--swap", action="store_true", help="judge both answer orders and combine them")
     ap.add_argument("--no-distributions", action="store_true", help="skip P(scores) (saves one model call per batch)")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=512, help="cap on the reasons' tokens")
+    ap.add_argument("--on-overflow", choices=["truncate", "error", "skip"], default="truncate",
+                    help="a prompt longer than the context: cut the answers to fit (marked input_truncated), "
+                         "stop with an error, or leave the sample out (default: truncate)")
+    ap.add_argument("--batch-size", type=positive_int, default=16)
+    ap.add_argument("--max-new-tokens", type=positive_int, default=512, help="cap on the reasons' tokens")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (JudgeLM's scripts use 0.2)")
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tensor-parallel", type=int, default=1, help="shard the model over this many devices")
+    ap.add_argument("--tensor-parallel", type=positive_int, default=1, help="shard the model over this many devices")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32 on CPU, bfloat16 on GPU")
     ap.add_argument("--quiet", action="store_true", help="no per-sample lines, only the progress bar and summary")
     return ap
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def _run(argv, prog: str, mode: str | None, judge=None) -> int:
     """mode None: pairs (or N answers when records have answer3_body ...); "single": grading."""
     from tqdm import tqdm
 
-    from jlm.infer.judge import Judge
+    from jlm.infer.judge import Judge, PromptTooLong
     from jlm.infer.sampling import Sampling
 
-    args = _parser(prog, mode == "single").parse_args(argv)
+    ap = _parser(prog, mode == "single")
+    args = ap.parse_args(argv)
+    if _same_file(args.input, args.output):
+        ap.error(f"--output is the input file {args.input}; the results go to another file")
     swap = getattr(args, "swap", False)
     samples = read_samples(args.input)
+    if not samples:
+        print(f"{args.input} has no samples: nothing to judge", file=sys.stderr)
+        return 0
+    for line, rec in samples:
+        if (swap or mode == "single") and "answer3_body" in rec:
+            raise FormatError(args.input, line, "answer3_body", f"{'--swap' if swap else prog} judges answer "
+                              "pairs; this record has more answers")
     ids = [rec["question_id"] for _, rec in samples]
-    refs = read_references(args.reference_file, ids) if args.reference_file else {}
+    line_of = {rec["question_id"]: line for line, rec in samples}
+    refs = read_references(args.reference_file, ids, require=args.require_reference) if args.reference_file else {}
+    no_ref = sum(refs[q] is None for q in ids) if refs else 0
+    if no_ref:
+        print(f"{no_ref} of {len(ids)} questions have no reference in {args.reference_file}: judged without one",
+              file=sys.stderr)
+    model_id = Path(str(args.model)).name
     out_path = Path(args.output)
-    done = done_ids(out_path, set(ids))
+    old = read_output(out_path, set(ids))
+    for line, rec in old:
+        if "error" not in rec:
+            multi = "answer3_body" in rec
+            want = {"--swap": swap, "--model": model_id, "--reference-file": refs.get(rec["question_id"])}
+            if not multi:
+                want["--no-distributions"] = args.no_distributions
+            check_same_run(out_path, line, rec, want)
+    done = {rec["question_id"] for _, rec in old if "error" not in rec}
+    if len(done) < len(old):  # samples that could not be judged: judged again
+        rewrite(out_path, [rec for _, rec in old if "error" not in rec])
     todo = [rec for _, rec in samples if rec["question_id"] not in done]
     if done:
         print(f"resuming: {len(done)} of {len(samples)} samples already in {out_path}", file=sys.stderr)
     if not todo:
         print(f"nothing to do: all {len(samples)} samples are in {out_path}", file=sys.stderr)
+        _in_input_order(out_path, ids)
         return 0
 
     if judge is None:
@@ -195,34 +303,59 @@ def _run(argv, prog: str, mode: str | None, judge=None) -> int:
         judge = Judge.load(args.model, dtype=dtype, tensor_parallel=args.tensor_parallel,
                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
         print(f"loaded {args.model} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
-    model_id = Path(str(args.model)).name
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     verdicts = {1: 0, 0: 0, -1: 0}
+    counts = {"written": 0, "input truncated": 0, "failed": 0}
     show = not args.quiet
     with open(out_path, "a", encoding="utf-8") as f, \
             tqdm(total=len(todo), unit="sample", desc=prog, file=sys.stderr, dynamic_ncols=True) as bar:
         def write(res):
             rec = todo[res.index]
-            ref = refs.get(rec["question_id"])
-            f.write(json.dumps(output_record(rec, res, model_id, ref), ensure_ascii=False) + "\n")
+            f.write(json.dumps(output_record(rec, res, model_id, refs.get(rec["question_id"])),
+                               ensure_ascii=False) + "\n")
             f.flush()
+            counts["written"] += 1
+            counts["failed"] += res.error is not None
+            counts["input truncated"] += res.input_truncated is not None
             if res.verdict is not None:
                 verdicts[res.verdict] += 1
             if show:
                 bar.write(describe(rec, res), file=sys.stdout)
             bar.update(1)
 
-        judge.score(todo, reference=[refs.get(r["question_id"]) for r in todo] if refs else None,
-                    reasons=args.reasons, swap=swap, distributions=not args.no_distributions,
-                    mode=mode, sampling=sampling, on_result=write)
+        try:
+            judge.score(todo, reference=[refs.get(r["question_id"]) for r in todo] if refs else None,
+                        reasons=args.reasons, swap=swap, distributions=not args.no_distributions,
+                        mode=mode, sampling=sampling, on_result=write, on_overflow=args.on_overflow)
+        except PromptTooLong as e:
+            qid = todo[e.index]["question_id"]
+            raise FormatError(args.input, line_of[qid], None, f"question_id {qid!r}: {e} (--on-overflow error; "
+                              "'truncate' cuts the answers to fit, 'skip' leaves the sample out)") from None
         os.fsync(f.fileno())
+    skipped = len(todo) - counts["written"]
+    judged = counts["written"] - counts["failed"]
     if mode is None:
-        print(f"{len(todo)} judged: answer 1 better {verdicts[1]}, tie {verdicts[0]}, answer 2 better "
-              f"{verdicts[-1]} -> {out_path}")
+        summary = (f"{judged} judged: answer 1 better {verdicts[1]}, tie {verdicts[0]}, answer 2 better "
+                   f"{verdicts[-1]}")
     else:
-        print(f"{len(todo)} graded -> {out_path}")
-    return 0
+        summary = f"{judged} graded"
+    extra = [f"{n} {what}" for what, n in (("input truncated", counts["input truncated"]),
+                                           ("failed (see their 'error')", counts["failed"]),
+                                           ("skipped (too long)", skipped)) if n]
+    print(summary + (f"; {', '.join(extra)}" if extra else "") + f" -> {out_path}")
+    _in_input_order(out_path, ids)
+    return 1 if counts["failed"] else 0
+
+
+def _in_input_order(path: Path, ids: list) -> None:
+    """Rewrite a finished output file in input order (it was appended in completion order)."""
+    if not path.exists():
+        return
+    pos = {q: i for i, q in enumerate(ids)}
+    records = [rec for _, rec in iter_jsonl(path)]
+    if [pos[r["question_id"]] for r in records] != sorted(pos[r["question_id"]] for r in records):
+        rewrite(path, sorted(records, key=lambda r: pos[r["question_id"]]))
 
 
 def judge_main(argv: list[str], *, judge=None) -> int:
@@ -260,6 +393,7 @@ def chat_main(argv: list[str], *, judge=None, stdin=None, stdout=None) -> int:
     stdout = sys.stdout if stdout is None else stdout
 
     samples = read_samples(args.input)
+    line_of = {r["question_id"]: line for line, r in samples}
     if args.question_id is not None:
         found = [rec for _, rec in samples if str(rec["question_id"]) == args.question_id]
         if not found:
@@ -272,13 +406,16 @@ def chat_main(argv: list[str], *, judge=None, stdin=None, stdout=None) -> int:
         rec = samples[args.index][1]
     ref = None
     if args.reference_file:
-        ref = read_references(args.reference_file, [rec["question_id"]])[rec["question_id"]]
+        ref = read_references(args.reference_file, [rec["question_id"]])[rec["question_id"]]  # None: no reference
     if judge is None:
         import jax.numpy as jnp
         dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, None: None}[args.dtype]
         judge = Judge.load(args.model, dtype=dtype, batch_size=1, max_new_tokens=args.max_new_tokens)
 
-    chat = JudgeChat(judge, rec, reference=ref, mode=args.mode, context=args.context)
+    try:
+        chat = JudgeChat(judge, rec, reference=ref, mode=args.mode, context=args.context)
+    except ValueError as e:  # the record's prompt does not fit the chat context
+        raise FormatError(args.input, line_of[rec["question_id"]], None, str(e)) from None
     print(describe(rec, chat.judgement), file=stdout)
     print(f"judgement:\n{chat.judgement.text}\n", file=stdout, flush=True)
     for line in stdin:

@@ -13,7 +13,16 @@ input order; `on_result` sees each one as soon as it is complete (the CLI append
 
 Reasons on demand: the score line is decoded first (stopping at its newline); rows whose reasons
 are wanted then continue from their kept cache until EOS, in the same batch, without running the
-prompt again. `reasons` may be True, False, or a predicate on a row's score-line judgement.
+prompt again. `reasons` may be True, False, or a predicate on a row's score-line judgement. A row
+that wants no reasons is delivered (`on_result`) as soon as its score line is read.
+
+The score line may take `score_budget(score_tokens, n)` tokens for n answers; a line cut at that
+budget (no newline or EOS yet) never parses as scores. A prompt longer than the model's context
+(with room for what is generated) is handled by `on_overflow`: "truncate" (default) cuts the
+answers to a common length until it fits, as training does (the question and the score line are
+never cut; `input_truncated` holds the tokens removed from each answer), "error" raises
+`PromptTooLong`, "skip" leaves the item unjudged (its result has `error` set, and `on_result`
+does not see it).
 """
 from __future__ import annotations
 
@@ -57,7 +66,10 @@ class Judgement:
     swapped: with swap=True, the judgement of the reversed order (its own scores, in that order).
     original: with swap=True, the judgement of the original order alone (its own scores and
         distribution); `scores`, `verdict` and `distribution` above combine it with `swapped`.
-    error: why the item was not judged (e.g. a prompt longer than the model's context).
+    finished: False when generation stopped at its token cap (a score line cut there is not parsed).
+    error: why the item was not judged (its prompt does not fit even with empty answers, or it was
+        skipped); such an item has no verdict (None, not a tie).
+    input_truncated: tokens removed from each answer (original order) to fit the context, or None.
     """
     index: int
     question_id: Any
@@ -72,6 +84,24 @@ class Judgement:
     original: "Judgement | None" = None
     finished: bool = True
     error: str | None = None
+    input_truncated: tuple[int, ...] | None = None
+
+
+class PromptTooLong(ValueError):
+    """on_overflow="error": item `index` does not fit the model's context."""
+
+    def __init__(self, index: int, question_id: Any, message: str):
+        self.index, self.question_id = index, question_id
+        super().__init__(message)
+
+
+OVERFLOW = ("truncate", "error", "skip")
+
+
+def score_budget(score_tokens: int, n_answers: int) -> int:
+    """Tokens the score line of an n-answer judgement may take: `score_tokens` per two answers
+    (16 fit "10.5 10.5\n" in a byte tokenizer), never less than `score_tokens`."""
+    return -(-score_tokens * max(n_answers, 2) // 2)
 
 
 def as_item(sample: Any, reference: str | None = None) -> Item:
@@ -112,7 +142,8 @@ class Judge:
     """A judge model, its tokenizer and a decoding engine.
 
     max_new_tokens: cap on the reasons' tokens (JudgeLM allows 2048; explanations are ~100-300).
-    score_tokens: cap on the score line's tokens ("10 10" is 6 LLaMA tokens).
+    score_tokens: cap on a pair's score line's tokens ("10 10" is 6 LLaMA tokens); N answers get
+        N / 2 times as many (`score_budget`).
     cache_dtype: the KV cache's dtype (default: the compute dtype); "int8" halves what each decode
         step reads, at a small cost in exactness (docs/benchmarks.md).
     """
@@ -171,7 +202,8 @@ class Judge:
     def score(self, samples: Sequence[Any], *, reference: Sequence[str | None] | str | None = None,
               reasons: bool | Callable[[Judgement], bool] = False, swap: bool = False,
               distributions: bool = True, mode: str | None = None, sampling: Sampling = GREEDY,
-              on_result: Callable[[Judgement], None] | None = None) -> list[Judgement]:
+              on_result: Callable[[Judgement], None] | None = None,
+              on_overflow: str = "truncate") -> list[Judgement]:
         """Judge every sample; results in input order.
 
         reference: None (no reference), "samples" (each sample's own reference, if any), or one
@@ -181,7 +213,10 @@ class Judge:
         distributions: compute P(scores) (pairs and single-answer grading).
         mode: None picks "pair" for 2 answers and "multi" for more; "single" grades answer 2 with
             answer 1 as the reference answer (see `grade`).
+        on_overflow: "truncate", "error" or "skip": a prompt too long for the context (module doc).
         """
+        if on_overflow not in OVERFLOW:
+            raise ValueError(f"on_overflow={on_overflow!r}: use one of {', '.join(OVERFLOW)}")
         samples = list(samples)
         refs = self._references(samples, reference)
         items = [as_item(s, r) for s, r in zip(samples, refs)]
@@ -192,50 +227,51 @@ class Judge:
         if swap and any(m != "pair" for m in modes):
             raise ValueError("swap=True is for answer pairs")
 
-        jobs: list[_Job] = []
-        for i, (it, m) in enumerate(zip(items, modes)):
-            for rev in ((False, True) if swap else (False,)):
-                answers = it.answers[::-1] if rev else it.answers
-                text = build_prompt(it.question, answers, it.reference, mode=m)
-                if distributions and m in ("pair", "single"):
-                    self._check_boundary(m, text)
-                jobs.append(_Job(i, rev, self.tokenizer.encode(text)))
-
         want_reasons = reasons is not False
-        reserve = self.score_tokens + (self.max_new_tokens if want_reasons else 0)
-        if distributions:
-            reserve = max(reserve, max(self._tree(m).tree.size for m in set(modes) if m in ("pair", "single"))
-                          if any(m in ("pair", "single") for m in modes) else 0)
+        line_budget = max(score_budget(self.score_tokens, len(it.answers)) for it in items) if items else 1
+        reserve = line_budget + (self.max_new_tokens if want_reasons else 0)
+        if distributions and any(m in ("pair", "single") for m in modes):
+            reserve = max(reserve, max(self._tree(m).tree.size for m in set(modes) if m in ("pair", "single")))
         limit = self.cfg.max_position_embeddings
         results: list[Judgement | None] = [None] * len(items)
-        pending_jobs = {i: [] for i in range(len(items))}
-        for j in jobs:
-            pending_jobs[j.item].append(j)
+        cuts: dict[int, tuple[int, ...]] = {}  # item -> tokens removed from each answer
+        jobs: list[_Job] = []
+        pending_jobs: dict[int, list[_Job]] = {}
+        for i, (it, m) in enumerate(zip(items, modes)):
+            orders = (False, True) if swap else (False,)
+            ids = [self._encode(it, m, rev, distributions) for rev in orders]
+            if max(map(len, ids)) + reserve > limit:
+                fitted = self._fit(it, m, orders, limit - reserve) if on_overflow == "truncate" else None
+                if fitted is None:
+                    why = (f"prompt of {max(map(len, ids))} tokens + {reserve} new ones exceeds the model's "
+                           f"{limit}-token context" + (" even with the answers cut to nothing"
+                                                        if on_overflow == "truncate" else ""))
+                    if on_overflow == "error":
+                        raise PromptTooLong(i, it.question_id, why)
+                    results[i] = Judgement(index=i, question_id=it.question_id, mode=m, text="", scores=None,
+                                           finished=False, error=why + (" (skipped)" if on_overflow == "skip" else ""))
+                    if on_result is not None and on_overflow == "truncate":
+                        on_result(results[i])
+                    continue
+                items[i], cuts[i] = fitted
+                ids = [self._encode(items[i], m, rev, distributions) for rev in orders]
+            pending_jobs[i] = [_Job(i, rev, x) for rev, x in zip(orders, ids)]
+            jobs += pending_jobs[i]
 
         def finish(job: _Job):
             sibs = pending_jobs[job.item]
             if all(s.result is not None for s in sibs):
                 res = self._combine(job.item, items[job.item], modes[job.item], sibs)
+                if job.item in cuts:
+                    res = dataclasses.replace(res, input_truncated=cuts[job.item])
                 results[job.item] = res
                 if on_result is not None:
                     on_result(res)
 
-        runnable = []
-        for n, j in enumerate(jobs):
-            if len(j.ids) + reserve > limit:
-                j.result = Judgement(index=j.item, question_id=items[j.item].question_id, mode=modes[j.item], text="",
-                                     scores=None, verdict=0 if modes[j.item] == "pair" else None, finished=False,
-                                     error=f"prompt of {len(j.ids)} tokens + {reserve} new ones exceeds the model's "
-                                           f"{limit}-token context")
-                finish(j)
-            else:
-                runnable.append(n)
-
         eng = self.engine
         all_ids = [j.ids for j in jobs]
-        for rows in eng.plan([len(jobs[n].ids) for n in runnable], reserve=reserve):
+        for rows in eng.plan([len(j.ids) for j in jobs], reserve=reserve) if jobs else []:
             # rows are job indices, which also seed sampling: results do not depend on batching
-            rows = [runnable[r] for r in rows]
             batch_jobs = [jobs[n] for n in rows]
             batch = eng.prefill(all_ids, rows, reserve=reserve)
             dists: list[ScoreDistribution | None] = [None] * len(batch_jobs)
@@ -246,24 +282,26 @@ class Judge:
                     for r, j in enumerate(batch_jobs):
                         if modes[j.item] == m:
                             dists[r] = ScoreDistribution.from_logprobs(lp[r], st.labels)
-            gens = eng.decode(batch, max_new=self.score_tokens, stop="newline", sampling=sampling)
+            gens = eng.decode(batch, max_new=line_budget, stop="newline", sampling=sampling)
             first = [self._judgement(j, items[j.item], modes[j.item], g.tokens, g.finished, dists[r])
                      for r, (j, g) in enumerate(zip(batch_jobs, gens))]
+            select = np.zeros(len(batch.rows), bool)
             if want_reasons:
-                select = np.zeros(len(batch.rows), bool)
                 for r, (res, g) in enumerate(zip(first, gens)):
                     ended_on_eos = bool(g.tokens) and g.tokens[-1] == self.tokenizer.eos_id
                     select[r] = not ended_on_eos and (reasons is True or bool(reasons(res)))
-                more = (eng.decode(batch, max_new=self.max_new_tokens, stop="eos", sampling=sampling, select=select)
-                        if select.any() else [None] * len(batch.rows))
-                for r, j in enumerate(batch_jobs):
-                    if more[r] is not None:
-                        first[r] = self._judgement(j, items[j.item], modes[j.item], gens[r].tokens + more[r].tokens,
-                                                   more[r].finished, dists[r], with_reasons=True)
+            # rows that want no reasons are done: deliver them now, not after the others' reasons
+            for r in sorted(np.flatnonzero(~select[:len(batch_jobs)]), key=lambda r: batch_jobs[r].item):
+                batch_jobs[r].result = first[r]
+                finish(batch_jobs[r])
+            if select.any():
+                more = eng.decode(batch, max_new=self.max_new_tokens, stop="eos", sampling=sampling, select=select)
+                for r in sorted(np.flatnonzero(select), key=lambda r: batch_jobs[r].item):
+                    j = batch_jobs[r]
+                    j.result = self._judgement(j, items[j.item], modes[j.item], gens[r].tokens + more[r].tokens,
+                                               more[r].finished, dists[r], with_reasons=True)
+                    finish(j)
             del batch  # free this cache before the next prefill allocates one
-            for j, res in sorted(zip(batch_jobs, first), key=lambda x: x[0].item):  # input order within a batch
-                j.result = res
-                finish(j)
         return results  # type: ignore[return-value]
 
     def grade(self, samples: Sequence[Any], **kw) -> list[Judgement]:
@@ -271,6 +309,33 @@ class Judge:
         (or a record whose answer 1 is the reference); the reference answer is given a forced 10 and
         the model writes the answer's score."""
         return self.score(samples, mode="single", **kw)
+
+    def _encode(self, it: Item, mode: str, reverse: bool, distributions: bool) -> list[int]:
+        text = build_prompt(it.question, it.answers[::-1] if reverse else it.answers, it.reference, mode=mode)
+        if distributions and mode in ("pair", "single"):
+            self._check_boundary(mode, text)
+        return self.tokenizer.encode(text)
+
+    def _fit(self, it: Item, mode: str, orders, room: int) -> tuple[Item, tuple[int, ...]] | None:
+        """`it` with its answers cut to the longest common length whose prompts (in every order) take at
+        most `room` tokens, longer answers first, as training's truncation (jlm.data.examples); and the
+        tokens removed from each answer. None if even empty answers do not fit."""
+        def cut(cap: int) -> Item:
+            return dataclasses.replace(it, answers=tuple(a[:cap] for a in it.answers))
+
+        def fits(cap: int) -> bool:
+            return all(len(self._encode(cut(cap), mode, rev, False)) <= room for rev in orders)
+
+        lo, hi = 0, max(len(a) for a in it.answers)  # fits(lo); not fits(hi)
+        if not fits(lo):
+            return None
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        short = cut(lo)
+        size = [len(self.tokenizer.encode(a, add_bos=False)) for a in it.answers + short.answers]
+        n = len(it.answers)
+        return short, tuple(size[k] - size[n + k] for k in range(n))
 
     # ----------------------------------------------------------------------------- assembling
     @staticmethod
@@ -290,12 +355,13 @@ class Judge:
     def _judgement(self, job: _Job, item: Item, mode: str, tokens: list[int], finished: bool,
                    dist: ScoreDistribution | None, with_reasons: bool = False) -> Judgement:
         raw = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        line, _, rest = raw.partition("\n")
+        line, newline, rest = raw.partition("\n")
         # JudgeLM's fast eval keeps the text before the first newline, stripped; with reasons, the
         # whole text, stripped (without JudgeLM's off-by-one that drops the last character)
         text = raw.strip() if with_reasons else line.strip()
         n = {"pair": 2, "single": 1, "vqa": 1}.get(mode, len(item.answers))  # after a forced "10": one score
-        scores = parse_scores(text, n=n)
+        # a line cut at the token budget may end inside a number ("10 1" of "10 10"): never parse it
+        scores = parse_scores(text, n=n) if newline or finished else None
         scores = tuple(scores) if scores is not None else None
         return Judgement(index=job.item, question_id=item.question_id, mode=mode, text=text, scores=scores,
                          verdict=win_label(*scores) if mode == "pair" and scores else (0 if mode == "pair" else None),

@@ -17,7 +17,7 @@ import numpy as np
 
 from jlm.formats.mmvet import MMVetSample, mmvet_item
 from jlm.formats.prompts import build_prompt, multi_turn_answer, multi_turn_question, number_word
-from jlm.infer.judge import Item, Judgement
+from jlm.infer.judge import Item, Judgement, score_budget
 from jlm.metrics.ranking import bradley_terry, kendall_tau
 
 
@@ -57,12 +57,13 @@ class RankingComparison:
 
 def max_answers(judge, question: str, answers: Sequence[str], reference: str | None = None) -> int:
     """How many of `answers` (a prefix) fit one N-answer prompt in the judge's context, with room for
-    the N scores (README: JudgeLM's 2048 tokens fit a few). At most 19, the template's number words."""
+    the N scores: the score-line budget `Judge.score` gives N answers (README: JudgeLM's 2048 tokens
+    fit a few). At most 19, the template's number words."""
     limit = judge.cfg.max_position_embeddings
     best = 0
     for k in range(2, min(len(answers), 19) + 1):
         ids = judge.tokenizer.encode(build_prompt(question, answers[:k], reference, mode="multi"))
-        if len(ids) + judge.score_tokens + 3 * k > limit:  # ~3 tokens per "10 " in the score line
+        if len(ids) + score_budget(judge.score_tokens, k) > limit:
             break
         best = k
     return best

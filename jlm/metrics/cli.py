@@ -261,7 +261,7 @@ def main(argv: list[str]) -> int:
         return 2
     m = result["metrics"]
     shown = {k: m[k] for k in ("agreement", "precision", "recall", "f1", "consistency", "bias_first",
-                               "bias_second", "delta_bias") if k in m}
+                               "bias_second", "delta_bias", "total_bias") if k in m}
     auc = f"  margin_auc {m['margin_auc']:.3f}" if "margin_auc" in m else ""
     print("  ".join(f"{k} {100 * v:.2f}" for k, v in shown.items()) + f"{auc}  n {m['n']}")
     print(f"wrote {', '.join(str(p) for p in result['paths'].values())}")

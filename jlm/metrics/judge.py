@@ -1,17 +1,18 @@
-"""Judge metrics exactly as JudgeLM's `eval_model_judgement.py` (spec section 5), and the PandaLM protocol.
+"""Judge metrics exactly as JudgeLM's `judgelm/llm_judge/eval_model_judgement.py`, and the PandaLM protocol.
 
 Labels: 1 = answer 1 wins, 0 = tie, -1 = answer 2 wins (`jlm.formats.scores.win_label`, threshold T).
 
 JudgeLM protocol (`judge_metrics`, teacher scores as ground truth):
-  1. drop every sample whose teacher judgement failed to parse (None or JudgeLM's sentinel [-1, -1]) from the
-     sequential and the swapped lists alike; judge failures stay and count as ties;
+  1. drop every sample whose teacher score line has a -1 in it (a parse failure, which JudgeLM's parser
+     reports as [-1, -1], or a teacher line such as "-1 5": JudgeLM drops a line when either score is -1)
+     from the sequential and the swapped lists alike; judge failures stay and count as ties;
   2. agreement = accuracy; precision / recall / F1 = macro averages over the labels present in
      y_true or y_pred, with 0 for a class whose denominator is 0 (sklearn's `average='macro'`,
      `zero_division` default);
   3. with predictions on swapped inputs: flip the sequential labels (1 <-> -1) so both runs speak of the same
      answer, consistency = fraction equal; with d = flipped - swapped, d < 0 counts toward the 1st position
      (`bias_first`, JudgeLM's perfer_before), d > 0 toward the 2nd (`bias_second`), as fractions of n;
-     delta_bias = |bias_first - bias_second|.
+     delta_bias = |bias_first - bias_second|, total_bias = bias_first + bias_second (= 1 - consistency).
 
 PandaLM protocol (`pandalm_protocol`, human labels as ground truth; our choice, the JudgeLM code has none):
   the judge sees both orders; when the two verdicts (expressed for the original order) agree that verdict
@@ -47,8 +48,8 @@ def _scores(x: ScoresLike) -> list[float] | None:
 
 
 def teacher_failed(scores: Sequence[float] | None) -> bool:
-    """JudgeLM's GT filter: a parse failure, which its parser reports as [-1, -1]."""
-    return scores is None or list(scores) == [-1.0, -1.0]
+    """JudgeLM's GT filter: a parse failure (its parser's [-1, -1]) or any score of -1 ("-1 5")."""
+    return scores is None or any(s == -1 for s in scores)
 
 
 def labels_from_scores(scores: Sequence[ScoresLike], T: float = 0.0) -> np.ndarray:
@@ -81,7 +82,8 @@ def macro_prf(y_true: Sequence[int], y_pred: Sequence[int]) -> tuple[float, floa
 
 
 def position_consistency(y_seq: Sequence[int], y_swapped: Sequence[int]) -> dict[str, float]:
-    """consistency, bias_first, bias_second, delta_bias of a judge run on both orders (raw labels of each run)."""
+    """consistency, bias_first, bias_second, delta_bias, total_bias of a judge run on both orders (raw labels
+    of each run)."""
     y_seq, y_swapped = np.asarray(y_seq), np.asarray(y_swapped)
     if len(y_seq) != len(y_swapped):
         raise ValueError(f"position_consistency: {len(y_seq)} sequential vs {len(y_swapped)} swapped labels")
@@ -95,6 +97,7 @@ def position_consistency(y_seq: Sequence[int], y_swapped: Sequence[int]) -> dict
         "bias_first": before / n,
         "bias_second": after / n,
         "delta_bias": abs(before - after) / n,
+        "total_bias": (before + after) / n,
     }
 
 
@@ -132,7 +135,7 @@ def judge_metrics(
     """JudgeLM's metrics of a judge against teacher scores (elements: score pairs, judgement texts or None).
 
     Keys: agreement, precision, recall, f1, n; with swapped predictions also consistency, bias_first,
-    bias_second, delta_bias; and the counts n_teacher_failures (dropped), pred_failures,
+    bias_second, delta_bias, total_bias; and the counts n_teacher_failures (dropped), pred_failures,
     pred_swapped_failures (kept, as ties). Fractions in [0, 1].
     """
     _check_lengths(gt=gt_scores, pred=pred_scores, swapped=pred_swapped_scores)

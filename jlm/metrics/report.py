@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from jlm.metrics.judge import LABEL_NAMES, LABELS, confusion_matrix
 
 _PERCENT_KEYS = ("agreement", "precision", "recall", "f1", "consistency", "bias_first", "bias_second",
-                 "delta_bias", "agreement_sequential")
+                 "delta_bias", "total_bias", "agreement_sequential")
 
 
 def plot_confusion(y_true: Sequence[int], y_pred: Sequence[int], path: str | Path, *,

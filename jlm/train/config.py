@@ -64,7 +64,7 @@ class TrainConfig:
     # -------------------------------------------------------------------------- run, I/O
     out_dir: str = "runs/judge"
     save_every: int = 1000  # steps between orbax checkpoints (and one at the end)
-    keep: int = 1  # checkpoints kept
+    keep: int = 2  # checkpoints kept (2: a damaged latest one falls back to the one before)
     resume: bool = False  # continue from the latest checkpoint in out_dir/checkpoints
     export: bool = True  # write the final model (LoRA merged) as HF safetensors to out_dir/hf,
     # and with LoRA the adapters alone as a PEFT adapter to out_dir/adapter
@@ -128,7 +128,7 @@ class TrainConfig:
 # one sample per row with per-sample loss weighting. Base models: vicuna-{7b,13b,33b}-v1.3.
 _JUDGELM = dict(global_batch=128, lr=2e-5, warmup_ratio=0.03, schedule="cosine", epochs=3.0, weight_decay=0.0,
                 b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0, seq_len=2048, packing=False, weighting="sample",
-                swap_prob=0.5, ref_prob=0.5, remat="nothing_saveable", precision="mixed", save_every=1000, keep=1)
+                swap_prob=0.5, ref_prob=0.5, remat="nothing_saveable", precision="mixed", save_every=1000, keep=2)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "judgelm-7b": dict(_JUDGELM, model_shape="judgelm-7b", out_dir="runs/judgelm-7b"),

@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jlm.model.config import LlamaConfig
-from jlm.train.checkpoint import Checkpointer, same_run_fields
+from jlm.train.checkpoint import Checkpointer, existing_steps, same_run_fields
 from jlm.train.config import TrainConfig, TrainConfigError, steps_for
 from jlm.train.data import check_batch, judge_batches, read_samples, with_target_index
 from jlm.train.monitor import RunLog, step_flops, peak_tflops, plot_loss, read_log
@@ -62,6 +62,9 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
     mesh: a mesh over some of the devices, instead of the config's mesh over all of them.
     """
     out = Path(cfg.out_dir)
+    if not cfg.resume and (steps := existing_steps(out / "checkpoints")):
+        raise TrainConfigError(f"{out / 'checkpoints'} holds the checkpoints of an earlier run (up to step "
+                               f"{steps[-1]}): pass --resume to continue it, or choose another --out-dir")
     out.mkdir(parents=True, exist_ok=True)
     if model_cfg is None:
         model_cfg = model_config(cfg)
@@ -91,20 +94,28 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
     ckpt = Checkpointer(out / "checkpoints", keep=cfg.keep)
     meta = {"config": cfg.to_dict(), "model_config": dataclasses.asdict(model_cfg), "total_steps": total}
     start = 0
-    latest = ckpt.latest_step() if cfg.resume else None
+
+    def base_weights() -> dict:
+        if not parts.frozen:
+            return {}
+        # LoRA: the base weights are not in the checkpoint; rebuild them exactly
+        return load_weights(setup)[1] if cfg.init == "checkpoint" else random_weights(setup)[1]
+
+    def same_run(old: dict) -> None:  # checked before any array is read: a shape change gets this message
+        diff = same_run_fields(old, meta["config"])
+        if diff:
+            was = ", ".join(f"{f}={old['config'][f]!r} (this run {meta['config'].get(f)!r})" for f in diff)
+            raise TrainConfigError(f"--resume: the checkpoint in {ckpt.directory} was made with {was}; an exact "
+                                   "resume needs the same values (or choose another --out-dir)")
+        if old.get("total_steps") != total:
+            raise TrainConfigError(f"--resume: checkpoint planned {old.get('total_steps')} steps, this run {total}")
+
+    found = ckpt.restore_latest(setup.abstract_state(), base_weights, same_run, _say) if cfg.resume else None
+    latest = None if found is None else found[0]
     if cfg.resume and latest is None:
         _say(f"--resume: no checkpoint in {ckpt.directory}, starting from scratch")
     if latest is not None:
-        frozen = {}
-        if parts.frozen:  # LoRA: the base weights are not in the checkpoint; rebuild them exactly
-            frozen = load_weights(setup)[1] if cfg.init == "checkpoint" else random_weights(setup)[1]
-        state, data_state, old = ckpt.restore(latest, setup.abstract_state(), frozen)
-        diff = same_run_fields(old, meta["config"])
-        if diff:
-            raise TrainConfigError(f"--resume: the checkpoint in {ckpt.directory} was made with different "
-                                   f"{', '.join(diff)}; an exact resume needs the same values")
-        if old.get("total_steps") != total:
-            raise TrainConfigError(f"--resume: checkpoint planned {old.get('total_steps')} steps, this run {total}")
+        _, state, data_state, _ = found
         batches.set_state(data_state)
         start = latest
         _say(f"resumed at step {start} from {ckpt.directory / str(start)}")
@@ -118,6 +129,8 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
     # ------------------------------------------------------------------------------ loop
     step_fn = make_train_step(setup, lr_schedule(cfg, total))
     lead = jax.process_index() == 0  # one host writes the log and the plot
+    if lead and latest is not None:
+        _repair_log(out / "log.jsonl")
     log = RunLog(out / "log.jsonl", resume_from_step=start if latest is not None else None) if lead else None
     peak = cfg.peak_tflops or peak_tflops(jax.devices()[0].device_kind)  # None on CPU: no MFU
     from tqdm.auto import tqdm
@@ -204,6 +217,18 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
     return TrainResult(state=state, setup=setup, steps=total, log_path=out / "log.jsonl",
                        checkpoint_dir=ckpt.directory, export_dir=export_dir, adapter_dir=adapter_dir,
                        plot_path=plot_path, records=records)
+
+
+def _repair_log(path: Path) -> None:
+    """Drop a last line of the log cut off by a kill (as `jlm judge` repairs its output)."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+        _say(f"{path}: removed an incomplete last line ({len(data) - end} bytes) left by an interrupted run")
 
 
 def export_hf(setup: Setup, state: TrainState, out_dir: Path, *, dtype: str = "bfloat16",
