@@ -112,6 +112,40 @@ def test_target_index_lists_trained_positions_per_row():
     assert target_index(np.ones((1, 64))).shape == (1, 64)
 
 
+# a long-row, large-vocabulary model: dense logits of one 2048-token row with a 49k vocabulary are
+# 0.4 GB in fp32, dense attention probabilities 4 x 2048 x 2048 fp32 (67 MB) per layer
+LONG_VOCAB = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                         num_kv_heads=2, head_dim=16, max_position_embeddings=2048, tie_word_embeddings=True)
+
+
+def _preset(**kw):
+    from jlm.train.config import build_config
+    return build_config(preset="smollm2-135m", overrides=dict(model=None, init="random", global_batch=8,
+                                                              seq_len=2048, **kw))
+
+
+def test_preset_step_compiles_to_bounded_temporaries():
+    """XLA's own accounting of the preset's step on 8 rows of 2048 tokens (one per micro-batch): the
+    temporaries of the whole step, forward and backward. Measured 2026-12-01: 0.19 GB; the same
+    recipe with dense logits and dense attention: 0.94 GB."""
+    from jlm.model.sharding import make_mesh
+    from jlm.train.optim import lr_schedule, make_optimizer
+    from jlm.train.state import make_setup
+    from jlm.train.step import make_train_step
+
+    cfg = _preset(max_steps=3)
+    setup = make_setup(cfg, LONG_VOCAB, make_optimizer(cfg, 3), mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+    step = make_train_step(setup, lr_schedule(cfg, 3))
+    shape = lambda dt, k=2048: jax.ShapeDtypeStruct((setup.accum, setup.micro_batch, k), dt,
+                                                    sharding=setup.batch_sharding())
+    batch = {k: shape(np.int32) for k in ("input_ids", "targets", "segment_ids", "positions")}
+    batch.update(loss_mask=shape(np.float32), target_index=shape(np.int32, 512))
+    assert (setup.accum, setup.micro_batch) == (8, 1)
+    with jax.set_mesh(setup.mesh):
+        compiled = step.jitted.lower(setup.abstract_state(), batch).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < 0.4e9
+
+
 _MEMORY_RUN = r"""
 import json, resource, sys
 import numpy as np
@@ -123,10 +157,7 @@ seq, rows = 2048, 8
 cfg = build_config(preset="smollm2-135m", overrides=dict(
     model=None, init="random", max_steps=3, global_batch=rows, seq_len=seq, out_dir=sys.argv[1],
     export=False, plot=False, progress=False, save_every=100))
-# a long-row, large-vocabulary model: dense logits of one micro-batch would be 8 x 2048 x 49152 fp32
-# (3.2 GB) and dense attention probabilities 8 x 4 x 2048 x 2048 fp32 (0.5 GB) per layer
-mcfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                   num_kv_heads=2, head_dim=16, max_position_embeddings=seq, tie_word_embeddings=True)
+mcfg = LlamaConfig(**json.loads(sys.argv[2]))
 rng = np.random.default_rng(0)
 
 class Batches:
@@ -145,14 +176,16 @@ print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_max
 """
 
 
-def test_preset_step_on_long_rows_stays_under_memory_bound(tmp_path):
-    """Three steps of the smollm2 preset's recipe (LoRA, its remat and layer scan) on 8 rows of 2048
-    tokens with a 49k vocabulary, in a fresh process so that its peak RSS is its own."""
+def test_preset_trains_long_rows_in_bounded_memory(tmp_path):
+    """Three steps of the smollm2 preset's recipe (LoRA, scanned layers, no remat) through `train`,
+    in a fresh process so that its peak RSS is its own (1.1 GB measured alone; malloc's arenas make
+    it vary with thread timing, so the bound is loose: the exact check is the compiled one above)."""
+    import dataclasses
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as users have
-    out = subprocess.run([sys.executable, "-c", _MEMORY_RUN, str(tmp_path / "run")], capture_output=True,
-                         text=True, timeout=600, env=env)
+    out = subprocess.run([sys.executable, "-c", _MEMORY_RUN, str(tmp_path / "run"),
+                          json.dumps(dataclasses.asdict(LONG_VOCAB))], capture_output=True, text=True,
+                         timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(res["losses"]) == 3 and all(np.isfinite(res["losses"]))
-    # measured 2026-12-01: 1.1 GB; the dense-logits, dense-attention step of the same recipe: 2.0 GB
-    assert res["peak_rss_gb"] < 1.5, res
+    assert res["peak_rss_gb"] < 4.0, res

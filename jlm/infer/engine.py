@@ -337,7 +337,7 @@ class Engine:
         def prefill(state, ids, mask):
             model = nnx.merge(graphdef, state)
             cache = self._constrain_cache(KVCache.init(cfg, ids.shape[0], size, dtype))
-            out = model(ids, mask, cache=cache, logits=False)
+            out = model(ids, mask, cache=cache, cache_empty=True, logits=False)
             return self._constrain_cache(out.cache)
         return prefill
 

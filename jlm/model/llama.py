@@ -1,6 +1,6 @@
 """LLaMA / Vicuna decoder in Flax NNX, written for judges.
 
-Layout choices (see shared/spec/jax_practices.md):
+Layout choices (see docs/design.md):
 - weights keep their head structure (q: [embed, heads, head_dim]) and carry logical axis names in
   their `axes` metadata; `sharding.py` maps the names to a device mesh;
 - RoPE is half-split (Hugging Face's `rotate_half` layout), so HF weights load as they are, with
@@ -111,6 +111,8 @@ def _dot(spec: str, a: Array, b: Array, out_dtype=None) -> Array:
     Other backends keep the plain product."""
     out_dtype = a.dtype if out_dtype is None else out_dtype
     if jax.default_backend() == "cpu" and a.dtype != jnp.float32:
+        if a.dtype != b.dtype:
+            raise TypeError(f"_dot: operands of {spec} have dtypes {a.dtype} and {b.dtype}")
         return _dot_cpu(spec, out_dtype, a, b)
     if out_dtype == a.dtype:
         return jnp.einsum(spec, a, b)
@@ -137,18 +139,24 @@ def _dot_cpu(spec: str, out_dtype, a: Array, b: Array) -> Array:
 
 
 def _dot_cpu_fwd(spec, out_dtype, a, b):
-    return _acc(spec, a, b, out_dtype), (a, b)
+    # symbolic zeros: `perturbed` says which operand gets a gradient. A frozen weight (the base
+    # model under LoRA) needs none, so its GEMM is skipped and the activation is not kept for it.
+    y = _acc(spec, a.value, b.value, out_dtype)
+    return y, (b.value if a.perturbed else None, a.value if b.perturbed else None)
 
 
 def _dot_cpu_bwd(spec, out_dtype, res, g):
-    a, b = res
+    b, a = res  # both operands are in the compute dtype (`_dot` checks)
     ins, out = spec.split("->")
     sa, sb = ins.split(",")
-    g = g.astype(a.dtype)
-    return _acc(f"{out},{sb}->{sa}", g, b, a.dtype), _acc(f"{sa},{out}->{sb}", a, g, b.dtype)
+    dtype = (a if b is None else b).dtype
+    g = g.astype(dtype)
+    da = None if b is None else _acc(f"{out},{sb}->{sa}", g, b, dtype)
+    db = None if a is None else _acc(f"{sa},{out}->{sb}", a, g, dtype)
+    return da, db
 
 
-_dot_cpu.defvjp(_dot_cpu_fwd, _dot_cpu_bwd)
+_dot_cpu.defvjp(_dot_cpu_fwd, _dot_cpu_bwd, symbolic_zeros=True)
 
 
 # Under autodiff these two save only their inputs and recompute the rest (a few elementwise passes):
@@ -406,8 +414,11 @@ class Block(nnx.Module):
         if layer_cache is not None:  # write this chunk at the shared cursor, attend over the cache
             layer_cache = tuple(_cache_write(c, x, cache_index) for c, x in zip(layer_cache, (k, v)))
             # attention reads what the cache holds (quantised included), as later decode steps will
-            k, v = (c.dequantize(self.dtype) if isinstance(c, Int8KV) else c for c in layer_cache)
-        if isinstance(mask, CausalMask):  # training / scoring without a cache: fused causal kernel
+            if isinstance(mask, CausalMask):  # an empty cache: the chunk attends to itself only
+                k, v = (_as_cached(c, x, self.dtype) for c, x in zip(layer_cache, (k, v)))
+            else:
+                k, v = (c.dequantize(self.dtype) if isinstance(c, Int8KV) else c for c in layer_cache)
+        if isinstance(mask, CausalMask):  # causal within this chunk: fused or blockwise kernel
             out, probs = causal_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask, impl=attn_impl), None
         else:
             out, probs = attention(q, k.astype(self.dtype), v.astype(self.dtype), mask,
@@ -455,8 +466,8 @@ class Llama(nnx.Module):
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
                  positions: Array | None = None, segment_ids: Array | None = None,
                  cache: KVCache | None = None, chunk_mask: Array | None = None,
-                 output_hidden_states: bool = False, output_attentions: bool = False,
-                 logits: bool | str = True) -> ModelOutput:
+                 cache_empty: bool = False, output_hidden_states: bool = False,
+                 output_attentions: bool = False, logits: bool | str = True) -> ModelOutput:
         """Run the decoder on `input_ids` [B, T].
 
         attention_mask: [B, T], 1 for real tokens, 0 for padding (left or right).
@@ -464,6 +475,8 @@ class Llama(nnx.Module):
         positions: [B, T] RoPE positions; derived from the mask / segments / cache when omitted.
         cache: a KVCache; the T new tokens are written at `cache.index` and the updated cache is
             returned in the output (donate it under jit).
+        cache_empty: the cache holds nothing yet (a first prefill): its rows' tokens can only see
+            each other, so attention runs causally within the chunk instead of over all S slots.
         chunk_mask: [B, T, T] (or [T, T]) bool, only with a cache: which of this call's own tokens
             each query may see, instead of all earlier ones (tree attention: many candidate
             continuations of one prompt in a single call; pass their `positions` too).
@@ -484,6 +497,10 @@ class Llama(nnx.Module):
             new_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, attention_mask, cache.index, axis=1)
             # query j sits in slot index+j: it sees valid slots up to and including its own
             mask = new_valid[:, None, :] & (slots[None, None, :] <= cache.index + jnp.arange(t)[None, :, None])
+            if cache_empty and chunk_mask is None and not output_attentions and self.attn_impl == "xla":
+                # a prefill into an empty cache is causal attention within the chunk: the blockwise
+                # kernel then never forms [T, S] scores (the cuDNN path keeps its measured dense mask)
+                mask = CausalMask(attention_mask.astype(jnp.int32))
             if chunk_mask is not None:
                 within = jnp.broadcast_to(chunk_mask.astype(bool), (b, t, t))
                 mask = mask & jax.lax.dynamic_update_slice_in_dim(jnp.ones_like(mask), within, cache.index, axis=2)
@@ -571,6 +588,14 @@ class Llama(nnx.Module):
         y = jnp.einsum("...d,dv->...v", x.astype(self.dtype), w.astype(self.dtype),
                        preferred_element_type=jnp.float32)
         return constrain(y, ("act_batch", "act_seq", "act_vocab")) if y.ndim == 3 else y
+
+
+def _as_cached(c: Array | Int8KV, x: Array, dtype) -> Array:
+    """x [B, T, K, D] as the cache `c` stores it (rounded to its dtype, or quantised), in `dtype`."""
+    if isinstance(c, Int8KV):
+        q, scale = Int8KV.quantize(x)
+        return (q.astype(jnp.float32) * scale).astype(dtype)
+    return x.astype(c.dtype).astype(dtype)
 
 
 def _cache_write(c: Array | Int8KV, x: Array, index) -> Array | Int8KV:
