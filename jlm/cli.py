@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         _usage(sys.stderr)
         return 2
     module, func = COMMANDS[name][0].split(":")
+    if name in ("judge", "grade", "chat", "train"):  # the commands that compile programs
+        from jlm.compile_cache import enable
+        enable()
     from jlm.interrupt import guard
     try:
         with guard():

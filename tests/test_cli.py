@@ -136,9 +136,10 @@ def _interrupted_in_a_gc_callback(argv):
 
 def test_ctrl_c_in_a_gc_callback_still_stops_the_command(monkeypatch, capsys):
     monkeypatch.setitem(cli.COMMANDS, "work", ("test_cli:_interrupted_in_a_gc_callback", ""))
-    t = time.monotonic()
+    # a lost interrupt would let the command finish its 3 s of work and return 0 (no wall-clock bound:
+    # gc.collect() in a busy test process can itself take seconds)
     assert cli.main(["work"]) == 130
-    assert time.monotonic() - t < 2 and "jlm work: interrupted" in capsys.readouterr().err
+    assert "jlm work: interrupted" in capsys.readouterr().err
 
 
 def test_ctrl_c_waits_for_the_end_of_a_critical_section():

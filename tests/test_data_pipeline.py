@@ -161,7 +161,7 @@ def test_errors():
         train_dataset(samples(), TOK, batch_size=2, config=CFG, buckets=(512,))
     with pytest.raises(ValueError, match="no samples"):
         EpochExamples([], TOK)
-    assert default_buckets(2048) == (256, 512, 1024, 2048)
+    assert default_buckets(2048) == (256, 512, 768, 1024, 1280, 1536, 1792, 2048)
 
 
 def test_datasets_pickle_for_worker_processes():

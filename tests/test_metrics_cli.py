@@ -236,3 +236,21 @@ def test_eval_errors_name_file_line_field(judgelm_files, tmp_path, capsys):
 
     assert main(["--gt", str(tmp_path / "nope.jsonl"), "--pred", str(seq), "--out", str(tmp_path / "o")]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
+
+
+def test_eval_reads_both_orders_of_a_swap_run(judgelm_files, tmp_path):
+    """A `jlm judge --swap` file (each record: `original` and `swap`, each order's own judgement)
+    gives the metrics of the two orders passed as two files."""
+    gt, seq, rev = judgelm_files
+    second = {json.loads(x)["question_id"]: json.loads(x) for x in rev.read_text().splitlines()}
+    both = []
+    for x in seq.read_text().splitlines():
+        r = json.loads(x)
+        both.append({"question_id": r["question_id"], "pred_text": "combined, not read",
+                     "original": {"pred_text": r["pred_text"]},
+                     "swap": {"pred_text": second[r["question_id"]]["pred_text"]}})
+    combined = write_jsonl(tmp_path / "both.jsonl", both)
+    assert main(["--gt", str(gt), "--pred", str(seq), "--pred-swapped", str(rev), "--out", str(tmp_path / "a")]) == 0
+    assert main(["--gt", str(gt), "--pred", str(combined), "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
+    assert {k: b[k] for k in KEYS} == {k: a[k] for k in KEYS} and "consistency" in b

