@@ -3,6 +3,7 @@ gives peft's logits (fixture made by scripts/make_peft_fixtures.py); jlm's adapt
 through the format; bad adapters fail naming file and tensor. (The adapter `jlm train` writes is
 checked in test_train_run.py, on the LoRA run that test already makes.)"""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -61,7 +62,13 @@ def test_jlm_adapter_roundtrip_and_merged_export(tmp_path, monkeypatch, targets)
     want = _logits(model)
 
     monkeypatch.chdir(FIX)  # a relative base path is written absolute
-    save_adapter(model, tmp_path / "adapter", base="tiny_lora/base")
+    old_mask = os.umask(0o022)
+    try:
+        save_adapter(model, tmp_path / "adapter", base="tiny_lora/base")
+    finally:
+        os.umask(old_mask)
+    # the usual mode, not safetensors' private 0600 temporary: the adapter ships and is shared
+    assert {f.stat().st_mode & 0o777 for f in (tmp_path / "adapter").iterdir()} == {0o644}
     monkeypatch.chdir(tmp_path)
     conf = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     hf = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj", "w_gate": "gate_proj",

@@ -10,7 +10,6 @@ tensors) is refused before anything is written; a failed conversion leaves no ne
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import sys
@@ -73,14 +72,6 @@ def check_loadable(src: Path, config: dict) -> None:
                                                                      if len(missing) > 5 else ""))
 
 
-def _readable_by_all(paths) -> None:
-    """The usual mode (0666 less the umask): safetensors writes through a private temporary file (0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for p in paths:
-        os.chmod(p, 0o666 & ~mask)
-
-
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="jlm convert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,7 +105,6 @@ def main(argv: list[str]) -> int:
         summary = write_hf_checkpoint(dst, _cast(iter_tensors(args.src), DTYPES[args.dtype]), config,
                                       max_shard_bytes=args.max_shard_size,
                                       tokenizer_src=args.src if with_tokenizer else None)
-        _readable_by_all(summary.files)
     except BaseException as e:
         if created and dst.is_dir():  # the folder is ours and holds nothing usable
             shutil.rmtree(dst, ignore_errors=True)

@@ -11,8 +11,8 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
-from safetensors.numpy import save_file
 
+from jlm.checkpoint import safetensors_io
 from jlm.checkpoint.errors import CheckpointError
 
 _TORCH_DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16",
@@ -54,9 +54,7 @@ def hf_config(config: dict[str, Any], torch_dtype: str | None = None) -> dict[st
 
 
 def _flush(out: Path, index: int, shard: dict[str, np.ndarray]) -> Path:
-    path = out / f"model-{index:05d}.safetensors.partial"
-    save_file(shard, str(path), metadata={"format": "pt"})  # transformers refuses files without "format"
-    return path
+    return safetensors_io.write_file(shard, out / f"model-{index:05d}.safetensors.partial")
 
 
 def write_hf_checkpoint(out_dir: str | os.PathLike, tensors: Iterable[tuple[str, np.ndarray]],

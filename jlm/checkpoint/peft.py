@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save_file
 
 from jlm.checkpoint import safetensors_io, torch_bin
 from jlm.checkpoint.errors import CheckpointError
@@ -111,8 +110,7 @@ def write_adapter(out_dir: str | os.PathLike, tensors: Iterable[tuple[str, np.nd
     """Write `adapter_model.safetensors` and `adapter_config.json` (replacing earlier ones)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({n: np.ascontiguousarray(a) for n, a in tensors}, str(out / WEIGHTS_FILE),
-              metadata={"format": "pt"})  # peft (via transformers) refuses files without "format"
+    safetensors_io.write_file({n: np.ascontiguousarray(a) for n, a in tensors}, out / WEIGHTS_FILE)
     alpha: Any = int(config.alpha) if float(config.alpha).is_integer() else config.alpha
     conf = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": config.rank, "lora_alpha": alpha,
             "target_modules": list(config.targets), "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,

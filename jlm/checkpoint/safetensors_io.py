@@ -15,6 +15,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from jlm.checkpoint.errors import CheckpointError
 
@@ -85,3 +86,13 @@ def iter_file(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
                 yield name, f.get_tensor(name)
     except SafetensorError as e:
         raise CheckpointError(f"{path}: {e}") from None
+
+
+def write_file(tensors: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
+    """Write a safetensors file that transformers and peft read (they refuse one without "format"),
+    with the usual mode (0666 less the umask): safetensors writes through a private 0600 temporary."""
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+    return Path(path)
