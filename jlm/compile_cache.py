@@ -35,7 +35,8 @@ def enable() -> Path | None:
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     # CPU programs of a small model compile in well under JAX's default 1 s threshold, and a cold
-    # CLI run compiles dozens of them: cache everything that took a measurable time
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    # CLI run compiles dozens of them: cache every one (a time threshold makes what is cached
+    # depend on how busy the machine was, and a second run would compile again what fell under it)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path

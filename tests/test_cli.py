@@ -167,10 +167,10 @@ def tiny_model(tmp_path_factory):
     return d
 
 
-def _jlm(*argv, **kw):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, not conftest's eight
+def _jlm(*argv, env=None, **kw):
+    base = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, not conftest's eight
     return subprocess.Popen([sys.executable, "-m", "jlm.cli", *map(str, argv)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**env, "JAX_PLATFORMS": "cpu"}, cwd=ROOT, **kw)
+                            stderr=subprocess.PIPE, env={**base, "JAX_PLATFORMS": "cpu", **(env or {})}, cwd=ROOT, **kw)
 
 
 def _interrupt_when(proc, ready, timeout=60):
@@ -226,3 +226,32 @@ def test_ctrl_c_stops_jlm_train_with_130_and_resume_continues(tiny_model, tmp_pa
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and f"resumed at step {last}" in out.decode(), err.decode()
     assert [json.loads(x)["step"] for x in _lines(run / "log.jsonl")] == list(range(1, 61))
+
+
+def test_a_second_cli_run_compiles_nothing(tiny_model, tmp_path):
+    """The persistent compilation cache: the first `jlm judge` fills it, a second identical run only
+    reads it (no new entries), and JLM_COMPILATION_CACHE=0 keeps it off."""
+    inp = write_jsonl(tmp_path / "in.jsonl", [pair(i) for i in range(6)])
+    cache = tmp_path / "cache"
+    env = {"JLM_COMPILATION_CACHE": "1", "JLM_CACHE_DIR": str(cache)}
+
+    def run(out, **extra):
+        p = _jlm("judge", "--model", tiny_model, "--input", inp, "--output", tmp_path / out, "--quiet",
+                 env={**env, **extra})
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-2000:]
+
+    def entries():
+        return sorted(str(f.relative_to(cache)) for f in cache.rglob("*") if f.is_file())
+
+    run("a.jsonl")
+    first = entries()
+    assert first and all(f.startswith(f"jlm{jlm.__version__}-jax") for f in first)  # one folder per version
+    run("b.jsonl")
+    assert entries() == first
+    def judged(out):  # JudgeLM's pred_id and tstamp differ per run by design
+        keep = ("question_id", "pred_text", "scores", "distribution")
+        return [{k: r[k] for k in keep} for r in map(json.loads, _lines(tmp_path / out))]
+    assert judged("a.jsonl") == judged("b.jsonl")
+    run("c.jsonl", JLM_COMPILATION_CACHE="0", JLM_CACHE_DIR=str(tmp_path / "off"))
+    assert not (tmp_path / "off").exists()
