@@ -220,7 +220,8 @@ def baselines(sets: dict, work: Path, log: Path) -> dict:
     return out
 
 
-def judge_and_eval(model_path: Path, name: str, sets: dict, work: Path, log: Path, batch_size: int) -> dict:
+def judge_and_eval(model_path: Path, name: str, sets: dict, work: Path, log: Path, batch_size: int,
+                   dtype: str | None = None) -> dict:
     """Judge every set in both orders with one loaded judge, then `jlm eval` each readout. Both orders'
     judgements are kept in work/{name}.{set}.judgements.jsonl and each set's metrics in
     work/{name}.{set}.metrics.json: a rerun skips what exists (delete a metrics file to re-evaluate
@@ -238,7 +239,7 @@ def judge_and_eval(model_path: Path, name: str, sets: dict, work: Path, log: Pat
             continue
         judged = work / f"{name}.{set_name}.judgements.jsonl"
         if not judged.exists():
-            judge = judge or jlm.Judge.load(model_path, batch_size=batch_size)
+            judge = judge or jlm.Judge.load(model_path, batch_size=batch_size, dtype=dtype)
             judge_set(judge, s, set_name, judged)
         m = evaluate_set(read_jsonl(judged), s, str(work / f"{name}.{set_name}"), log)
         timing = judged.with_suffix(".time.json")
@@ -288,20 +289,21 @@ def results_markdown(results: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def judge_speed(model_path, samples: list, batch_size: int) -> dict:
+def judge_speed(model_path, samples: list, batch_size: int, dtype: str | None = None) -> dict:
     """Scores-only judging (one order, score line + distributions, no reasons): the first pass
     includes compiling each length bucket's programs, the second runs them warm."""
     import jax
 
     import jlm
 
-    judge = jlm.Judge.load(model_path, batch_size=batch_size)
+    judge = jlm.Judge.load(model_path, batch_size=batch_size, dtype=dtype)
     times = []
     for _ in range(2):
         t = time.perf_counter()
         judge.score(samples)
         times.append(time.perf_counter() - t)
-    return dict(n=len(samples), batch_size=batch_size, device=str(jax.devices()[0].device_kind),
+    return dict(n=len(samples), batch_size=batch_size, dtype=str(dtype or "default"),
+                device=str(jax.devices()[0].device_kind),
                 first_pass_samples_per_s=round(len(samples) / times[0], 2),
                 warm_samples_per_s=round(len(samples) / times[1], 2))
 
@@ -342,11 +344,16 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS), help="evaluation sets")
     ap.add_argument("--batch-size", type=int, default=64, help="judging batch")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                    help="judging dtype (default: float32 on CPU, bfloat16 on GPU)")
     ap.add_argument("--train-args", default="",
                     help='extra `jlm train` flags for every variant, e.g. "--max-steps 60 --seq-len 1024"')
     ap.add_argument("--no-speed", action="store_true", help="skip the separate scores-only speed run")
     ap.add_argument("--no-base", action="store_true", help="do not judge with the untrained base model")
     a = ap.parse_args(argv)
+    import jax.numpy as jnp
+
+    dtype = None if a.dtype is None else jnp.dtype(a.dtype)
     out = a.out.resolve()
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -361,7 +368,7 @@ def main(argv=None) -> int:
         sh(*jlm_cmd, "data", "build", "--data", REPO / "data", "--out", data, log=log)
     limit = 8 if a.smoke else a.limit
     if a.speed_only:
-        speed = judge_speed(base, read_jsonl(data / "val.jsonl")[:limit], a.batch_size)
+        speed = judge_speed(base, read_jsonl(data / "val.jsonl")[:limit], a.batch_size, dtype)
         (out / "speed.json").write_text(json.dumps(speed, indent=2))
         print(json.dumps(speed))
         return 0
@@ -370,7 +377,7 @@ def main(argv=None) -> int:
 
     results = baselines(sets, work, log)
     if not a.no_base:
-        results["base (zero-shot)"] = judge_and_eval(base, "base", sets, work, log, a.batch_size)
+        results["base (zero-shot)"] = judge_and_eval(base, "base", sets, work, log, a.batch_size, dtype)
     for name in a.variants:
         run_dir = out / "runs" / name
         lora = VARIANTS[name].get("lora_rank", 0) > 0
@@ -383,19 +390,20 @@ def main(argv=None) -> int:
                "--train-data", data / "train.jsonl", "--out-dir", run_dir,
                *[x for k, v in VARIANTS[name].items() for x in (f"--{k.replace('_', '-')}", v)], *extra,
                *shlex.split(a.train_args), log=log)
-        results[name] = judge_and_eval(trained, name, sets, work, log, a.batch_size)
+        results[name] = judge_and_eval(trained, name, sets, work, log, a.batch_size, dtype)
         (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_loss_curves(out / "runs", a.variants, out / "loss_curves.png")
 
     import jax
     meta = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__, smoke=a.smoke, limit=limit,
+                dtype=a.dtype,
                 autoj_limit=autoj_limit,
                 train_args=a.train_args,
                 date=time.strftime("%Y-%m-%d"))
     if not (out / "speed.json").exists() and not a.no_speed and "mtbench" in sets:
         best = next((p for n in ("ft-swap-ref", *a.variants) if ((p := out / "runs" / n / "hf") / "config.json").exists()),
                     base)
-        (out / "speed.json").write_text(json.dumps(judge_speed(best, sets["mtbench"]["samples"], a.batch_size)))
+        (out / "speed.json").write_text(json.dumps(judge_speed(best, sets["mtbench"]["samples"], a.batch_size, dtype)))
     meta["speed"] = json.loads((out / "speed.json").read_text()) if (out / "speed.json").exists() else None
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     (out / "results.md").write_text(results_markdown(results, meta))
