@@ -55,21 +55,12 @@ def check_loadable(src: Path, config: dict) -> None:
     """Raise what `jlm.load_model` would raise for this config and these tensor shapes (headers only)."""
     from jlm.checkpoint import tensor_shapes
     from jlm.model.config import LlamaConfig
-    from jlm.model.load import WeightError, hf_shapes
+    from jlm.model.load import check_complete, check_tensor, hf_shapes
 
     cfg = LlamaConfig.from_hf(config, source=str(src))
-    want, got = hf_shapes(cfg), tensor_shapes(src)
-    if cfg.tie_word_embeddings:
-        got.pop("lm_head.weight", None)  # load_model ignores a saved tied head
-    for name, shape in got.items():
-        if name not in want:
-            raise WeightError(f"{src}: unexpected tensor {name!r} for a model with {cfg.num_layers} layers")
-        if tuple(shape) != want[name]:
-            raise WeightError(f"{src}: tensor {name!r} has shape {tuple(shape)}, the config says {want[name]}")
-    missing = sorted(set(want) - set(got))
-    if missing:
-        raise WeightError(f"{src}: missing tensors {missing[:5]}" + (f" (and {len(missing) - 5} more)"
-                                                                     if len(missing) > 5 else ""))
+    expected = hf_shapes(cfg)
+    loaded = [n for n, shape in tensor_shapes(src).items() if check_tensor(src, cfg, expected, n, shape)]
+    check_complete(src, expected, loaded)
 
 
 def main(argv: list[str]) -> int:

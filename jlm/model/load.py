@@ -190,11 +190,29 @@ def _read_adapter(adapter: Path, cfg: LlamaConfig, base: Path) -> tuple[float, d
             raise WeightError(f"{f}: tensor {name!r} has shape {tuple(w.shape)}, but r={acfg.rank} on the base "
                               f"model {base} needs {want} (an adapter made for another base model?)")
         factors.setdefault(weight, [None, None])[k] = np.asarray(w, np.float32)
-    if expected:
-        missing = sorted(expected)
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise WeightError(f"{f}: missing tensors {missing[:5]}{more}")
+    check_complete(f, expected, ())  # what is left was not in the file
     return acfg.scale, factors
+
+
+def check_tensor(path, cfg: LlamaConfig, expected: dict[str, tuple[int, ...]], name: str, shape) -> bool:
+    """Whether checkpoint tensor `name` is loaded (False: a saved tied head, which is skipped); a
+    WeightError naming file and tensor when it does not fit the config."""
+    if name not in expected:
+        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            return False  # some exporters save the tied head too; the embedding is the weight
+        raise WeightError(f"{path}: unexpected tensor {name!r} for a model with {cfg.num_layers} layers"
+                          f"{' and tied embeddings' if cfg.tie_word_embeddings else ''}")
+    if tuple(shape) != expected[name]:
+        raise WeightError(f"{path}: tensor {name!r} has shape {tuple(shape)}, the config says {expected[name]}")
+    return True
+
+
+def check_complete(path, expected, seen) -> None:
+    """A WeightError naming the first few tensors of `expected` that are not in `seen`."""
+    missing = sorted(set(expected) - set(seen))
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise WeightError(f"{path}: missing tensors {missing[:5]}{more}")
 
 
 def load_model(path: str | os.PathLike = DEFAULT_MODEL, *, base: str | os.PathLike | None = None,
@@ -229,14 +247,8 @@ def load_model(path: str | os.PathLike = DEFAULT_MODEL, *, base: str | os.PathLi
     expected = hf_shapes(cfg)
     seen: set[str] = set()
     for name, w in iter_tensors(path):
-        if name not in expected:
-            if name == "lm_head.weight" and cfg.tie_word_embeddings:
-                continue  # some exporters save the tied head too; the embedding is the weight
-            raise WeightError(f"{path}: unexpected tensor {name!r} for a model with {cfg.num_layers} layers"
-                              f"{' and tied embeddings' if cfg.tie_word_embeddings else ''}")
-        if tuple(w.shape) != expected[name]:
-            raise WeightError(f"{path}: tensor {name!r} has shape {tuple(w.shape)}, "
-                              f"the config says {expected[name]}")
+        if not check_tensor(path, cfg, expected, name, w.shape):
+            continue
         if name in factors:  # PEFT: W + (alpha / r) B A, in fp32
             a, b = factors.pop(name)
             w = np.asarray(w, np.float32) + np.float32(scale) * (b @ a)
@@ -244,10 +256,7 @@ def load_model(path: str | os.PathLike = DEFAULT_MODEL, *, base: str | os.PathLi
         flat[key] = place(flat[key], np.asarray(value).astype(param_dtype))
         seen.add(name)
         del w, value
-    missing = sorted(set(expected) - seen)
-    if missing:
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise WeightError(f"{path}: missing tensors {missing[:5]}{more}")
+    check_complete(path, expected, seen)
 
     key = jax.random.key(seed)
     for k, var in flat.items():  # adapters are not in the checkpoint: A random, B zero
