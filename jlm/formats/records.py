@@ -94,6 +94,17 @@ def _not_utf8(path: str | Path, data: bytes, start: int, offset: int, line: int)
                        "save the file as UTF-8")
 
 
+def drop_partial_last_line(path: str | Path) -> int:
+    """Cut a JSONL file back to its last newline, where a kill mid-write leaves a partial record;
+    the number of bytes removed (0 when the file ends whole)."""
+    data = Path(path).read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return len(data) - end
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line; anything but a JSON object is a FormatError.
 

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from jlm.formats.records import FormatError, iter_jsonl
+from jlm.formats.records import FormatError, drop_partial_last_line, iter_jsonl
 
 
 # ------------------------------------------------------------------------------------------- input
@@ -87,13 +87,8 @@ def read_output(path: Path, wanted: set) -> list[tuple[int, dict]]:
     """(line, record) of an output file to resume. A last line cut off by a kill is removed."""
     if not path.exists():
         return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):  # a partial last record: the sample is judged again
-        with open(path, "r+b") as f:
-            f.truncate(end)
-        print(f"{path}: removed an incomplete last line ({len(data) - end} bytes) left by an interrupted run",
-              file=sys.stderr)
+    if cut := drop_partial_last_line(path):  # a partial last record: the sample is judged again
+        print(f"{path}: removed an incomplete last line ({cut} bytes) left by an interrupted run", file=sys.stderr)
     out, seen = [], {}
     for line, rec in iter_jsonl(path):
         qid = rec.get("question_id")

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from jlm.formats.records import drop_partial_last_line
 from jlm.model.config import LlamaConfig
 from jlm.train.checkpoint import Checkpointer, existing_steps, same_run_fields
 from jlm.train.config import TrainConfig, TrainConfigError, steps_for
@@ -221,14 +222,8 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
 
 def _repair_log(path: Path) -> None:
     """Drop a last line of the log cut off by a kill (as `jlm judge` repairs its output)."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
-        _say(f"{path}: removed an incomplete last line ({len(data) - end} bytes) left by an interrupted run")
+    if path.exists() and (cut := drop_partial_last_line(path)):
+        _say(f"{path}: removed an incomplete last line ({cut} bytes) left by an interrupted run")
 
 
 def export_hf(setup: Setup, state: TrainState, out_dir: Path, *, dtype: str = "bfloat16",
