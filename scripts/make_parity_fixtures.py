@@ -9,7 +9,8 @@ transformers, and commit what it writes under tests/fixtures/:
    linear rope scaling; tied embeddings), saved the ways real checkpoints come (sharded PyTorch
    .bin as the released JudgeLM checkpoints, safetensors single and sharded) and with the three
    config.json dialects, plus fp32 eager-attention logits on a 2 x 300 batch whose second row is
-   left-padded.
+   left-padded, and every layer's hidden states on it (`--hidden-states-only` adds those to
+   existing fixtures, computed from their saved weights, which stay as they are).
 2. SmolLM2-135M-Instruct through transformers' own GGUF loader: the token ids of a JudgeLM judge
    prompt (300+ tokens) and the logits at a few positions, the next-token log-probs and argmax
    everywhere.
@@ -117,7 +118,24 @@ def tiny_fixtures():
             logits = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
         np.savez(d / "logits.npz", input_ids=ids.astype(np.int32), attention_mask=mask.astype(np.int32),
                  logits=logits.astype(np.float32))
+        add_hidden_states(d)
         print(name, save, dialect, sorted(os.listdir(d)))
+
+
+def add_hidden_states(d: Path):
+    """Add HF's hidden states (the embeddings, then each layer's output, the last one after the final
+    norm) on the fixture's inputs to d/logits.npz, from the checkpoint saved in d; the stored logits
+    are checked to come out again."""
+    model = LlamaForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
+    ref = dict(np.load(d / "logits.npz"))
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ref["input_ids"], dtype=torch.long),
+                    attention_mask=torch.tensor(ref["attention_mask"], dtype=torch.long), output_hidden_states=True)
+    real = ref["attention_mask"].astype(bool)
+    diff = np.abs(out.logits.numpy()[real] - ref["logits"][real]).max()
+    assert diff < 1e-5, f"{d}: the saved checkpoint gives other logits ({diff:.1e})"
+    ref["hidden_states"] = np.stack([h.numpy() for h in out.hidden_states]).astype(np.float32)  # [L+1, B, T, D]
+    np.savez(d / "logits.npz", **ref)
 
 
 def judge_prompt() -> str:
@@ -162,8 +180,15 @@ def smollm2_fixture(gguf: Path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smollm2", type=Path, default=None, help="path to SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--hidden-states-only", action="store_true",
+                    help="only add hidden states to the existing tiny fixtures (their weights unchanged)")
     a = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    if a.hidden_states_only:
+        for name in VARIANTS:
+            add_hidden_states(OUT / f"tiny_{name}")
+            print(name, "hidden states added")
+        return
     tiny_fixtures()
     if a.smollm2:
         smollm2_fixture(a.smollm2)

@@ -28,6 +28,21 @@ def test_tiny_logits_match_transformers(name):
     assert diff < 1e-4, f"{name}: max |logit diff| {diff:.2e}"
 
 
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_layers_hidden_states_match_transformers(name):
+    """Layer by layer, so that a regression names the first layer it breaks (embeddings are entry 0,
+    the last entry is after the final norm)."""
+    model, cfg = jlm.load_model(FIX / f"tiny_{name}")
+    ref = np.load(FIX / f"tiny_{name}" / "logits.npz")
+    out = model(jnp.asarray(ref["input_ids"]), jnp.asarray(ref["attention_mask"]), output_hidden_states=True,
+                logits=False)
+    real = ref["attention_mask"].astype(bool)
+    assert len(out.hidden_states) == len(ref["hidden_states"]) == cfg.num_layers + 1
+    for i, (mine, hf) in enumerate(zip(out.hidden_states, ref["hidden_states"])):
+        diff = float(np.abs(np.asarray(mine)[real] - hf[real]).max())
+        assert diff < 1e-4, f"{name}: hidden state {i} (layer {i - 1} output) differs by {diff:.2e}"
+
+
 def test_configs_read_in_every_dialect():
     cfgs = {n: jlm.load_model(FIX / f"tiny_{n}")[1] for n in VARIANTS}
     assert cfgs["mha"].rope_theta == 1e4 and cfgs["mha"].num_kv_heads == 4  # 4.28: no rope_theta key
