@@ -28,7 +28,7 @@ COMMANDS = {
 # Exceptions that mean the input is wrong, by module: only modules already imported can have raised
 # theirs, so the dispatcher imports nothing heavy to recognise them.
 USER_ERRORS = (("jlm.formats.records", "FormatError"), ("jlm.checkpoint.errors", "CheckpointError"),
-               ("jlm.model.config", "ConfigError"), ("jlm.model.load", "WeightError"),
+               ("jlm.model.config", "ConfigError"), ("jlm.model.hf_layout", "WeightError"),
                ("jlm.train.config", "TrainConfigError"), ("jlm.tokenizer", "TokenizerError"))
 
 

@@ -27,6 +27,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from jlm.checkpoint.errors import CheckpointError
+from jlm.checkpoint.gguf import field, open_reader
+from jlm.checkpoint.paths import base_checkpoint
+
 # Files that make up an HF tokenizer (copied as they are on export).
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json")
@@ -241,10 +245,6 @@ class SentencePieceTokenizer(Tokenizer):
             raise IndexError(f"token id {token_id} out of range (vocab {self.vocab_size})")
         return self.sp.id_to_piece(token_id)
 
-    @property
-    def model_proto(self) -> bytes:
-        return self.sp.serialized_model_proto()
-
 
 # -------------------------------------------------------------------------------- tokenizers (HF)
 class HFTokenizer(Tokenizer):
@@ -322,8 +322,6 @@ def _byte_level_pre_tokenizer(pre: str, source: str):
 
 
 def _gguf_fields(path: Path) -> dict[str, Any]:
-    from jlm.checkpoint.gguf import field, open_reader
-
     reader = open_reader(path)
     meta = {k: field(reader, k) for k in reader.fields if k.startswith("tokenizer.")}
     context = field(reader, f"{field(reader, 'general.architecture')}.context_length")
@@ -454,9 +452,6 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """The tokenizer of a checkpoint: an HF directory (or a file in one), a `.gguf` file, the name
     `smollm2`, or a PEFT adapter directory, whose base model's tokenizer it is (the same names
     `load_model` takes)."""
-    from jlm.checkpoint import CheckpointError
-    from jlm.model.load import base_checkpoint  # lazy: the tokenizer alone should not import JAX
-
     try:
         p, _ = base_checkpoint(path)
     except (FileNotFoundError, CheckpointError) as e:

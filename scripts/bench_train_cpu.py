@@ -141,7 +141,7 @@ def main() -> int:
     results = {"work": info, "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                                          "date": time.strftime("%Y-%m-%d")}, "runs": []}
     import importlib.metadata as md
-    from jlm.model.load import resolve_model_path
+    from jlm.checkpoint.paths import resolve_model_path
     gguf = resolve_model_path("smollm2")
     for remat in a.remat:
         results["runs"].append(run([sys.executable, __file__, "--worker-examples", str(ex_path), "--accum",

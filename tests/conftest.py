@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 
 def smollm2_path():
-    from jlm.model.load import resolve_model_path
+    from jlm.checkpoint.paths import resolve_model_path
     try:
         return resolve_model_path("smollm2")
     except FileNotFoundError:

@@ -18,7 +18,7 @@ from test_tokenizer import IDS, TINY_SP, check_records
 from jlm.checkpoint import CheckpointError, hf_config, iter_tensors, read_config, write_hf_checkpoint
 from jlm.checkpoint.convert import main as convert_main
 from jlm.checkpoint.convert import parse_size
-from jlm.tokenizer import load_tokenizer
+from jlm.tokenizer import export_tokenizer, load_tokenizer
 
 
 def test_single_shard_roundtrip(tmp_path):
@@ -77,7 +77,8 @@ def test_config_dialects_are_written_as_4_4x():
 
 
 def test_tokenizer_files_copied(tmp_path):
-    write_hf_checkpoint(tmp_path, tiny_tensors().items(), CONFIG, tokenizer_src=TINY_SP)
+    write_hf_checkpoint(tmp_path, tiny_tensors().items(), CONFIG)
+    export_tokenizer(TINY_SP, tmp_path)
     assert (tmp_path / "tokenizer.model").read_bytes() == (TINY_SP / "tokenizer.model").read_bytes()
     check_records(load_tokenizer(tmp_path), IDS["tiny_sp"]["records"][:4])
 
@@ -204,7 +205,8 @@ def test_smollm2_export_roundtrip(tmp_path):
             yield name, w
 
     gguf_cfg = read_config(SMOLLM2)
-    summary = write_hf_checkpoint(tmp_path, tee(), gguf_cfg, max_shard_bytes=100 * 10**6, tokenizer_src=SMOLLM2)
+    summary = write_hf_checkpoint(tmp_path, tee(), gguf_cfg, max_shard_bytes=100 * 10**6)
+    export_tokenizer(SMOLLM2, tmp_path)
     assert summary.tensors == 10 and summary.dtypes == {"float32": 10}
     assert len(list(tmp_path.glob("model-*-of-00002.safetensors"))) == 2
     assert "model.layers.0.self_attn.q_proj.weight" in seen and "model.embed_tokens.weight" in seen

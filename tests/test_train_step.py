@@ -10,17 +10,30 @@ import pytest
 from flax import nnx
 
 from jlm.model.config import LlamaConfig
+from jlm.model.hf_layout import to_model
 from jlm.model.llama import CausalMask, Llama, attention, causal_attention
-from jlm.model.load import _to_model, hf_tensors
+from jlm.model.load import hf_tensors
 from jlm.model.sharding import make_mesh
 from jlm.train.config import TrainConfig
-from jlm.train.loss import loss_terms, token_losses, unembed_cross_entropy
+from jlm.train.loss import unembed_cross_entropy, weighted_terms
 from jlm.train.optim import lr_schedule, make_optimizer
 from jlm.train.state import dtypes, init_state, make_setup
 from jlm.train.step import make_train_step, shard_batch
 
 TINY = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                    num_kv_heads=2, head_dim=16, max_position_embeddings=256)
+
+
+def token_losses(logits, targets):
+    """The dense reference: CE of each position, fp32 [B, T], from full logits [B, T, V]."""
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    return lse - jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def loss_terms(logits, batch, weighting):
+    return weighted_terms(token_losses(logits, batch["targets"]), batch, weighting)
+
 
 
 def _cfg(**kw):
@@ -180,7 +193,8 @@ def test_unpacked_rows_use_plain_causal_attention_exactly(init_weights):
 
 def test_scan_and_remat_change_nothing(init_weights, single_device_run):
     (ref, ref_m), batches = single_device_run
-    for kw in (dict(scan_layers=True, remat="nothing_saveable"), dict(remat="dots_with_no_batch_dims_saveable")):
+    for kw in (dict(scan_layers=True, remat="nothing_saveable"), dict(remat="dots_with_no_batch_dims_saveable"),
+               dict(scan_layers=True, remat="save:query,key,value,mlp_hidden")):
         got, got_m = _run(_cfg(**kw), batches, weights=init_weights)
         for g, w in zip(got_m, ref_m):
             assert g["loss"] == pytest.approx(w["loss"], rel=1e-6), kw
@@ -208,7 +222,7 @@ def test_lora_trains_only_adapters_and_merged_export_matches():
     graphdef, st = nnx.split(plain)
     flat = dict(nnx.to_flat_state(st))
     for name, w in hf_tensors(model):
-        key, value = _to_model(name, w, TINY)
+        key, value = to_model(name, w, TINY)
         flat[key] = flat[key].replace(jnp.asarray(value))
     merged = nnx.merge(graphdef, nnx.from_flat_state(flat))
     base = setup.parts.merge(jax.tree.map(jnp.zeros_like, state.params), state.frozen)  # B = 0: no adapter

@@ -17,12 +17,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
+from jlm.checkpoint import FLOAT_DTYPES, iter_tensors, read_config, tensor_shapes, write_hf_checkpoint
 from jlm.checkpoint.errors import CheckpointError
+from jlm.checkpoint.paths import resolve_model_path
+from jlm.model.config import ConfigError, LlamaConfig
+from jlm.model.hf_layout import WeightError, check_complete, check_tensor, hf_shapes
+from jlm.tokenizer import TokenizerError, export_tokenizer, has_tokenizer
 
-DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "keep": None}
+DTYPES = {**FLOAT_DTYPES, "keep": None}
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -53,10 +57,6 @@ def _fmt_bytes(n: int) -> str:
 
 def check_loadable(src: Path, config: dict) -> None:
     """Raise what `jlm.load_model` would raise for this config and these tensor shapes (headers only)."""
-    from jlm.checkpoint import tensor_shapes
-    from jlm.model.config import LlamaConfig
-    from jlm.model.load import check_complete, check_tensor, hf_shapes
-
     cfg = LlamaConfig.from_hf(config, source=str(src))
     expected = hf_shapes(cfg)
     loaded = [n for n, shape in tensor_shapes(src).items() if check_tensor(src, cfg, expected, n, shape)]
@@ -75,12 +75,6 @@ def main(argv: list[str]) -> int:
                     help="largest safetensors shard (default 2GB)")
     ap.add_argument("--no-tokenizer", action="store_true", help="do not copy or build tokenizer files")
     args = ap.parse_args(argv)
-
-    from jlm.checkpoint import iter_tensors, read_config, write_hf_checkpoint
-    from jlm.model.config import ConfigError
-    from jlm.model.load import WeightError, resolve_model_path
-    from jlm.tokenizer import has_tokenizer
-
     start = time.perf_counter()
     dst = Path(args.dst)
     created = not dst.exists()
@@ -94,12 +88,13 @@ def main(argv: list[str]) -> int:
         check_loadable(args.src, config)
         with_tokenizer = not args.no_tokenizer and has_tokenizer(args.src)
         summary = write_hf_checkpoint(dst, _cast(iter_tensors(args.src), DTYPES[args.dtype]), config,
-                                      max_shard_bytes=args.max_shard_size,
-                                      tokenizer_src=args.src if with_tokenizer else None)
+                                      max_shard_bytes=args.max_shard_size)
+        if with_tokenizer:
+            summary.files.extend(export_tokenizer(args.src, dst))
     except BaseException as e:
         if created and dst.is_dir():  # the folder is ours and holds nothing usable
             shutil.rmtree(dst, ignore_errors=True)
-        if not isinstance(e, (CheckpointError, ConfigError, WeightError, OSError)):
+        if not isinstance(e, (CheckpointError, ConfigError, WeightError, TokenizerError, OSError)):
             raise
         print(f"jlm convert: error: {e}", file=sys.stderr)
         return 2

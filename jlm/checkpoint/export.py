@@ -1,4 +1,4 @@
-"""Writing Hugging Face checkpoints: safetensors shards, config.json, tokenizer files."""
+"""Writing Hugging Face checkpoints: safetensors shards and config.json (tokenizer files: jlm.tokenizer)."""
 from __future__ import annotations
 
 import json
@@ -15,8 +15,9 @@ import numpy as np
 from jlm.checkpoint import safetensors_io
 from jlm.checkpoint.errors import CheckpointError
 
-_TORCH_DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16",
-                      np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float64): "float64"}
+# the weight dtypes jlm reads and writes, by the name configs and flags use
+FLOAT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}
+_TORCH_DTYPE_NAMES = {d: n for n, d in FLOAT_DTYPES.items()} | {np.dtype(np.float64): "float64"}
 # Files of an earlier export in the same directory that a new one would contradict.
 _STALE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
 
@@ -58,16 +59,15 @@ def _flush(out: Path, index: int, shard: dict[str, np.ndarray]) -> Path:
 
 
 def write_hf_checkpoint(out_dir: str | os.PathLike, tensors: Iterable[tuple[str, np.ndarray]],
-                        config: dict[str, Any], max_shard_bytes: int = 2**31,
-                        tokenizer_src: str | os.PathLike | None = None) -> ExportSummary:
+                        config: dict[str, Any], max_shard_bytes: int = 2**31) -> ExportSummary:
     """Write an HF checkpoint directory that transformers (4.3x+ and 5.x) and jlm load.
 
     Tensors are consumed one at a time and buffered up to `max_shard_bytes` before each shard is
     written, so at most one shard is in memory. One shard is `model.safetensors`; more are
     `model-0000k-of-0000n.safetensors` plus `model.safetensors.index.json`. `config.json` is
     written in the 4.4x dialect with `torch_dtype` set to the floating dtype of most of the bytes.
-    With `tokenizer_src` (an HF directory or checkpoint file in one, or a .gguf) the tokenizer
-    files are copied or built. Files of an earlier export in `out_dir` are replaced.
+    Files of an earlier export in `out_dir` are replaced. The tokenizer is the caller's
+    (`jlm.tokenizer.export_tokenizer`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,11 +119,4 @@ def write_hf_checkpoint(out_dir: str | os.PathLike, tensors: Iterable[tuple[str,
     torch_dtype = max(floating, key=floating.get) if floating else None
     (out / "config.json").write_text(json.dumps(hf_config(config, torch_dtype), indent=2) + "\n")
     summary.files.append(out / "config.json")
-    if tokenizer_src is not None:
-        from jlm.tokenizer import TokenizerError, export_tokenizer
-
-        try:
-            summary.files.extend(export_tokenizer(tokenizer_src, out))
-        except TokenizerError as e:
-            raise CheckpointError(str(e)) from None
     return summary

@@ -10,6 +10,7 @@ from jlm.formats.prompts import (
 )
 from jlm.formats.records import (
     FormatError,
+    Item,
     JudgeSample,
     SampleList,
     read_autoj_pairwise,
@@ -26,6 +27,7 @@ __all__ = [
     "SYSTEM",
     "VQA_PROMPT",
     "FormatError",
+    "Item",
     "JudgeSample",
     "SampleList",
     "build_prompt",

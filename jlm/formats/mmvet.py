@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from jlm.formats.prompts import vqa_answer_placeholder
-from jlm.formats.records import FormatError
+from jlm.formats.records import FormatError, Item
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +93,7 @@ def resolve_ground_truth(ground_truth: str, sample_id: Any, seed: int = 0) -> st
     return vqa_answer_placeholder(ground_truth, np.random.default_rng([seed, key]))
 
 
-def mmvet_item(sample: MMVetSample, seed: int = 0):
+def mmvet_item(sample: MMVetSample, seed: int = 0) -> Item:
     """The judge item of one sample: question, (placeholder, prediction), reference = raw ground truth."""
-    from jlm.infer.judge import Item  # formats stays importable without JAX
-
     return Item(sample.question, (resolve_ground_truth(sample.ground_truth, sample.sample_id, seed),
                                   sample.prediction), sample.ground_truth, sample.sample_id)

@@ -36,6 +36,16 @@ class FormatError(ValueError):
 
 
 @dataclass(frozen=True)
+class Item:
+    """One thing to judge, as `Judge.score` takes it: a question and its answers (answer 1 is the
+    reference in "single" mode). A JudgeSample, a JudgeLM record or a tuple are read into one."""
+    question: str
+    answers: tuple[str, ...]
+    reference: str | None = None
+    question_id: Any = None
+
+
+@dataclass(frozen=True)
 class JudgeSample:
     """One judge item: a question, N answers and what is known about which is better.
 

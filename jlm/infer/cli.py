@@ -293,7 +293,7 @@ def _run(argv, prog: str, mode: str | None, judge=None) -> int:
 
     if judge is None:
         import jax.numpy as jnp
-        dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, None: None}[args.dtype]
+        dtype = None if args.dtype is None else jnp.dtype(args.dtype)
         t = time.perf_counter()
         judge = Judge.load(args.model, dtype=dtype, tensor_parallel=args.tensor_parallel,
                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
@@ -404,7 +404,7 @@ def chat_main(argv: list[str], *, judge=None, stdin=None, stdout=None) -> int:
         ref = read_references(args.reference_file, [rec["question_id"]])[rec["question_id"]]  # None: no reference
     if judge is None:
         import jax.numpy as jnp
-        dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, None: None}[args.dtype]
+        dtype = None if args.dtype is None else jnp.dtype(args.dtype)
         judge = Judge.load(args.model, dtype=dtype, batch_size=1, max_new_tokens=args.max_new_tokens)
 
     try:

@@ -43,11 +43,11 @@ from jax.sharding import NamedSharding
 
 from jlm.infer.sampling import GREEDY, Sampling, next_token, row_keys
 from jlm.model.config import LlamaConfig
-from jlm.model.llama import Int8KV, KVCache, Llama
+from jlm.model.llama import KVCache, Llama
 from jlm.model.sharding import logical_to_spec, make_mesh
+from jlm.model.spec import cache_specs
 
-# logical axes of the cache and the per-row inputs (sharding.RULES maps them onto the mesh)
-_CACHE_KV_AXES = ("act_batch", None, "act_kv_heads", None)
+# logical axes of the per-row inputs (the cache's are in spec.cache_specs; sharding.RULES maps both)
 _ROW_AXES = ("act_batch",)
 _TOKENS_AXES = ("act_batch", None)
 
@@ -285,14 +285,8 @@ class Engine:
         return nnx.from_flat_state(flat)
 
     def _cache_shardings(self, b: int, size: int) -> KVCache:
-        kv_shape = (b, size, self.cfg.num_kv_heads, self.cfg.head_dim)
-        kv = self._sharding(_CACHE_KV_AXES, kv_shape)
-        if jnp.dtype(self.cache_dtype) == jnp.int8:
-            kv = Int8KV(kv, self._sharding(_CACHE_KV_AXES, (*kv_shape[:-1], 1)))
-        n = self.cfg.num_layers
-        return KVCache(k=(kv,) * n, v=(kv,) * n, valid=self._sharding(_TOKENS_AXES, (b, size)),
-                       index=NamedSharding(self.mesh, jax.sharding.PartitionSpec()),
-                       next_pos=self._sharding(_ROW_AXES, (b,)))
+        return KVCache.from_specs(cache_specs(self.cfg, b, size), self.cfg.num_layers, self.cache_dtype,
+                                  lambda spec, _: self._sharding(spec.axes, spec.shape))
 
     def _put(self, x: np.ndarray, axes) -> jax.Array:
         return jax.device_put(x, self._sharding(axes, x.shape))

@@ -34,20 +34,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jlm.checkpoint.paths import base_checkpoint
 from jlm.formats.prompts import build_prompt
+from jlm.formats.records import Item
 from jlm.formats.scores import parse_scores, win_label
 from jlm.infer.distributions import ScoreDistribution, ScoreTree, candidate_tokens, score_tree
 from jlm.infer.engine import Engine, default_mesh
 from jlm.infer.sampling import GREEDY, Sampling
-
-
-@dataclasses.dataclass(frozen=True)
-class Item:
-    """One thing to judge: a question and its answers (answer 1 is the reference in "single" mode)."""
-    question: str
-    answers: tuple[str, ...]
-    reference: str | None = None
-    question_id: Any = None
+from jlm.model.load import load_model
+from jlm.tokenizer import load_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,9 +165,6 @@ class Judge:
         tensor_parallel: shard the model over this many local devices (heads / MLP); the batch is
             split over the rest (data parallel).
         """
-        from jlm.model.load import base_checkpoint, load_model
-        from jlm.tokenizer import load_tokenizer
-
         mesh = kw.pop("mesh", None) or default_mesh(tensor=tensor_parallel)
         dtype = _default_dtype() if dtype is None else dtype
         model, _ = load_model(path, base=base, dtype=dtype, mesh=mesh, attn_impl=attn_impl)

@@ -29,11 +29,6 @@ class Cost:
     prompt_tokens: int
     generated_tokens: int
 
-    @property
-    def forward_tokens(self) -> int:
-        """Tokens pushed through the model in all: the main compute cost on a long prompt."""
-        return self.prompt_tokens + self.generated_tokens
-
 
 @dataclasses.dataclass(frozen=True)
 class RankingComparison:

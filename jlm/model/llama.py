@@ -12,16 +12,19 @@ Layout choices (see docs/design.md):
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
+from jax.ad_checkpoint import checkpoint_name
 
 from jlm.model.config import LlamaConfig
 from jlm.model.sharding import constrain
+from jlm.model.spec import PROJ_EINSUM, ArraySpec, LoRA, block_specs, cache_specs, lora_specs, parse_remat, top_specs
+
+__all__ = ["Block", "KVCache", "Int8KV", "Llama", "LoRA", "LoRAParam", "ModelOutput"]
 
 Array = jax.Array
 # A large finite negative instead of -inf: a fully masked row (a left-pad query) then gets a
@@ -69,15 +72,19 @@ class KVCache:
 
     @classmethod
     def init(cls, cfg: LlamaConfig, batch: int, size: int, dtype=jnp.bfloat16) -> "KVCache":
-        shape = (batch, size, cfg.num_kv_heads, cfg.head_dim)
+        return cls.from_specs(cache_specs(cfg, batch, size), cfg.num_layers, dtype,
+                              lambda spec, dt: jnp.zeros(spec.shape, dt))
 
-        def zeros():
+    @classmethod
+    def from_specs(cls, specs, num_layers: int, dtype, make) -> "KVCache":
+        """A cache-shaped tree with `make(spec, dtype)` at every leaf: zeros, shardings, abstract arrays."""
+        def kv():
             if jnp.dtype(dtype) == jnp.int8:
-                return Int8KV(jnp.zeros(shape, jnp.int8), jnp.zeros((*shape[:-1], 1), jnp.float32))
-            return jnp.zeros(shape, dtype)
-        return cls(k=tuple(zeros() for _ in range(cfg.num_layers)), v=tuple(zeros() for _ in range(cfg.num_layers)),
-                   valid=jnp.zeros((batch, size), bool), index=jnp.zeros((), jnp.int32),
-                   next_pos=jnp.zeros((batch,), jnp.int32))
+                return Int8KV(make(specs["kv"], jnp.int8), make(specs["kv_scale"], jnp.float32))
+            return make(specs["kv"], dtype)
+        return cls(k=tuple(kv() for _ in range(num_layers)), v=tuple(kv() for _ in range(num_layers)),
+                   valid=make(specs["valid"], jnp.bool_), index=make(specs["index"], jnp.int32),
+                   next_pos=make(specs["next_pos"], jnp.int32))
 
 
 @struct.dataclass
@@ -93,14 +100,17 @@ class LoRAParam(nnx.Param):
     """Low-rank adapter weights: the only trainable variables when fine-tuning with LoRA."""
 
 
-def _param(rngs: nnx.Rngs, shape, axes, dtype, scale: float | None = None, init=None, kind=nnx.Param):
-    """A weight with logical axis names; truncated-normal with std `scale` (1/sqrt(fan-in))."""
-    if init is None:
-        std = scale if scale is not None else 1.0 / math.sqrt(shape[0])
-        value = std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape, jnp.float32)
-    else:
-        value = init(shape)
-    return kind(value.astype(dtype), axes=tuple(axes))
+def initial_value(spec: ArraySpec, key: Array | None) -> Array:
+    """A weight's initial fp32 value per its spec (`key` only for random ones)."""
+    if spec.init == "normal":
+        return spec.init_std * jax.random.truncated_normal(key, -2.0, 2.0, spec.shape, jnp.float32)
+    return (jnp.ones if spec.init == "ones" else jnp.zeros)(spec.shape, jnp.float32)
+
+
+def _param(rngs: nnx.Rngs, spec: ArraySpec, param_dtype, kind=nnx.Param):
+    """A weight with its logical axis names, initialised per its spec."""
+    value = initial_value(spec, rngs.params() if spec.init == "normal" else None)
+    return kind(value.astype(jnp.float32 if spec.fp32 else param_dtype), axes=spec.axes)
 
 
 def _dot(spec: str, a: Array, b: Array, out_dtype=None) -> Array:
@@ -345,60 +355,24 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 # ---------------------------------------------------------------------------------------- block
-@dataclasses.dataclass(frozen=True)
-class LoRA:
-    """Low-rank adapters on the named projections (wq wk wv wo w_gate w_up w_down)."""
-    rank: int = 8
-    alpha: float = 16.0
-    targets: tuple[str, ...] = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
-
-
-# projection name -> (einsum, logical axes, number of leading input dims)
-_PROJ = {
-    "wq": ("btd,dhk->bthk", ("embed", "q_heads", "head_dim"), 1),
-    "wk": ("btd,dhk->bthk", ("embed", "kv_heads", "head_dim"), 1),
-    "wv": ("btd,dhk->bthk", ("embed", "kv_heads", "head_dim"), 1),
-    "wo": ("bthk,hkd->btd", ("q_heads", "head_dim", "embed"), 2),
-    "w_gate": ("btd,df->btf", ("embed", "mlp"), 1),
-    "w_up": ("btd,df->btf", ("embed", "mlp"), 1),
-    "w_down": ("btf,fd->btd", ("mlp", "embed"), 1),
-}
-
-
 class Block(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs, lora: LoRA | None = None):
         self.cfg, self.dtype = cfg, dtype
-        d, h, kv, hd, f = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
-        shapes = {"wq": (d, h, hd), "wk": (d, kv, hd), "wv": (d, kv, hd), "wo": (h, hd, d),
-                  "w_gate": (d, f), "w_up": (d, f), "w_down": (f, d)}
-        ones = lambda s: jnp.ones(s, jnp.float32)
-        self.attn_norm = _param(rngs, (d,), ("norm",), param_dtype, init=ones)
-        self.mlp_norm = _param(rngs, (d,), ("norm",), param_dtype, init=ones)
-        for name, shape in shapes.items():
-            fan_in = math.prod(shape[: _PROJ[name][2]])
-            setattr(self, name, _param(rngs, shape, _PROJ[name][1], param_dtype, scale=fan_in ** -0.5))
-        self.lora_scale = 0.0
-        if lora is not None:
-            self.lora_scale = lora.alpha / lora.rank
-            for name in lora.targets:
-                shape, (_, axes, n_in) = shapes[name], _PROJ[name]
-                setattr(self, f"{name}_lora_a", _param(
-                    rngs, (*shape[:n_in], lora.rank), (*axes[:n_in], "lora"), jnp.float32,
-                    scale=math.prod(shape[:n_in]) ** -0.5, kind=LoRAParam))
-                # B starts at zero, so the adapted model equals the base model before training
-                setattr(self, f"{name}_lora_b", _param(
-                    rngs, (lora.rank, *shape[n_in:]), ("lora", *axes[n_in:]), jnp.float32,
-                    init=lambda s: jnp.zeros(s, jnp.float32), kind=LoRAParam))
+        for name, spec in block_specs(cfg).items():
+            setattr(self, name, _param(rngs, spec, param_dtype))
+        self.lora_scale = 0.0 if lora is None else lora.alpha / lora.rank
+        for name, spec in ({} if lora is None else lora_specs(cfg, lora)).items():
+            setattr(self, name, _param(rngs, spec, param_dtype, kind=LoRAParam))
 
     def proj(self, name: str, x: Array) -> Array:
-        spec, _, n_in = _PROJ[name]
+        spec = PROJ_EINSUM[name]
         y = _dot(spec, x, getattr(self, name)[...].astype(self.dtype))
         if hasattr(self, f"{name}_lora_a"):
             a = getattr(self, f"{name}_lora_a")[...].astype(self.dtype)
             bm = getattr(self, f"{name}_lora_b")[...].astype(self.dtype)
-            lhs = spec.split(",")[0]
-            ins = lhs[len(lhs) - n_in:] if n_in else ""
-            outs = spec.split("->")[1][2:]
+            (lhs, rhs), out = spec.split("->")[0].split(","), spec.split("->")[1]
+            ins = "".join(c for c in rhs if c not in out)  # the contracted input dims
+            outs = out[2:]
             z = _dot(f"{lhs},{ins}r->btr", x, a)
             y = y + self.lora_scale * _dot(f"btr,r{outs}->bt{outs}", z, bm)
         return y
@@ -406,11 +380,27 @@ class Block(nnx.Module):
     def __call__(self, x: Array, positions: Array, mask: Array, layer_cache, cache_index,
                  *, attn_impl: str, return_probs: bool):
         cfg = self.cfg
-        h = rms_norm(x, self.attn_norm[...], cfg.rms_norm_eps)
+        with jax.named_scope("attn"):
+            out, layer_cache, probs = self._attend(x, positions, mask, layer_cache, cache_index,
+                                                   attn_impl=attn_impl, return_probs=return_probs)
+        x = constrain(x + out, ("act_batch", "act_seq", "act_embed"))
+        with jax.named_scope("mlp"):
+            h = checkpoint_name(rms_norm(x, self.mlp_norm[...], cfg.rms_norm_eps), "mlp_in")
+            g = swiglu(self.proj("w_gate", h), self.proj("w_up", h))
+            g = checkpoint_name(constrain(g, ("act_batch", "act_seq", "act_mlp")), "mlp_hidden")
+            x = x + self.proj("w_down", g)
+        return checkpoint_name(constrain(x, ("act_batch", "act_seq", "act_embed")), "block_out"), layer_cache, probs
+
+    def _attend(self, x, positions, mask, layer_cache, cache_index, *, attn_impl: str, return_probs: bool):
+        """The attention half of the block: its output projection (before the residual), the
+        updated layer cache and the probabilities (with return_probs)."""
+        cfg = self.cfg
+        h = checkpoint_name(rms_norm(x, self.attn_norm[...], cfg.rms_norm_eps), "attn_in")
         q = rope(self.proj("wq", h), positions, cfg.rope_theta, cfg.rope_scaling_factor)
         k = rope(self.proj("wk", h), positions, cfg.rope_theta, cfg.rope_scaling_factor)
         v = self.proj("wv", h)
-        q = constrain(q, ("act_batch", "act_seq", "act_heads", None))
+        q = checkpoint_name(constrain(q, ("act_batch", "act_seq", "act_heads", None)), "query")
+        k, v = checkpoint_name(k, "key"), checkpoint_name(v, "value")
         if layer_cache is not None:  # write this chunk at the shared cursor, attend over the cache
             layer_cache = tuple(_cache_write(c, x, cache_index) for c, x in zip(layer_cache, (k, v)))
             # attention reads what the cache holds (quantised included), as later decode steps will
@@ -423,12 +413,7 @@ class Block(nnx.Module):
         else:
             out, probs = attention(q, k.astype(self.dtype), v.astype(self.dtype), mask,
                                    impl=attn_impl, return_probs=return_probs)
-        x = x + self.proj("wo", out)
-        x = constrain(x, ("act_batch", "act_seq", "act_embed"))
-        h = rms_norm(x, self.mlp_norm[...], cfg.rms_norm_eps)
-        g = constrain(swiglu(self.proj("w_gate", h), self.proj("w_up", h)), ("act_batch", "act_seq", "act_mlp"))
-        x = x + self.proj("w_down", g)
-        return constrain(x, ("act_batch", "act_seq", "act_embed")), layer_cache, probs
+        return self.proj("wo", checkpoint_name(out, "attn_out")), layer_cache, probs
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -436,8 +421,9 @@ class Llama(nnx.Module):
     """LLaMA decoder. `dtype` is the compute dtype, `param_dtype` the storage dtype of weights.
 
     `remat` names a `jax.checkpoint_policies` entry (e.g. "nothing_saveable",
-    "dots_with_no_batch_dims_saveable") to recompute each block in the backward pass; None keeps
-    every activation.
+    "dots_with_no_batch_dims_saveable"), or "save:query,key,value" (any of spec.REMAT_NAMES, the
+    activations each block tags), to recompute each block in the backward pass; None keeps every
+    activation.
 
     `attn_impl="cudnn"` runs cache-free calls (training, scoring) through `causal_attention`, so
     cuDNN flash attention sees `is_causal` instead of a dense mask.
@@ -454,14 +440,14 @@ class Llama(nnx.Module):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.cfg, self.dtype, self.attn_impl, self.remat = cfg, dtype, attn_impl, remat
         self.scan_layers = scan_layers
-        if remat is not None and not hasattr(jax.checkpoint_policies, remat):
-            raise ValueError(f"remat={remat!r} is not a jax.checkpoint_policies entry")
-        d = cfg.hidden_size
-        self.embed = _param(rngs, (cfg.vocab_size, d), ("vocab", "embed"), param_dtype, scale=1.0)
+        if remat is not None:
+            remat_policy(remat)  # fail here, not at the first call
+        top = top_specs(cfg)
+        self.embed = _param(rngs, top["embed"], param_dtype)
         self.layers = nnx.List([Block(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, lora=lora)
                                 for _ in range(cfg.num_layers)])
-        self.norm = _param(rngs, (d,), ("norm",), param_dtype, init=lambda s: jnp.ones(s, jnp.float32))
-        self.lm_head = None if cfg.tie_word_embeddings else _param(rngs, (d, cfg.vocab_size), ("embed", "vocab"), param_dtype)
+        self.norm = _param(rngs, top["norm"], param_dtype)
+        self.lm_head = _param(rngs, top["lm_head"], param_dtype) if "lm_head" in top else None
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
                  positions: Array | None = None, segment_ids: Array | None = None,
@@ -531,7 +517,7 @@ class Llama(nnx.Module):
         hidden, probs_all, new_k, new_v = [x], [], [], []
         block = functools.partial(_block_call, attn_impl=self.attn_impl, return_probs=output_attentions)
         if self.remat is not None:
-            block = nnx.remat(block, policy=getattr(jax.checkpoint_policies, self.remat))
+            block = nnx.remat(block, policy=remat_policy(self.remat))
         for i, layer in enumerate(self.layers):
             layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
             index = cache.index if cache is not None else None
@@ -579,7 +565,7 @@ class Llama(nnx.Module):
             return h, (h if keep else None)
 
         if self.remat is not None:  # inside scan, CSE cannot undo the remat: prevent_cse=False is safe
-            body = jax.checkpoint(body, policy=getattr(jax.checkpoint_policies, self.remat), prevent_cse=False)
+            body = jax.checkpoint(body, policy=remat_policy(self.remat), prevent_cse=False)
         return jax.lax.scan(body, x, stacked)
 
     def unembed(self, x: Array) -> Array:
@@ -602,6 +588,17 @@ def _cache_write(c: Array | Int8KV, x: Array, index) -> Array | Int8KV:
     if isinstance(c, Int8KV):
         return c.write(x, index)
     return jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), index, axis=1)
+
+
+def remat_policy(remat: str):
+    """The jax.checkpoint policy `remat` names (see `Llama`)."""
+    policy = parse_remat(remat)
+    if isinstance(policy, tuple):
+        return jax.checkpoint_policies.save_only_these_names(*policy)
+    if not hasattr(jax.checkpoint_policies, policy):
+        raise ValueError(f"remat={remat!r} is not a jax.checkpoint_policies entry (e.g. nothing_saveable, "
+                         "dots_with_no_batch_dims_saveable) nor save:NAMES")
+    return getattr(jax.checkpoint_policies, policy)
 
 
 def _block_call(layer, *args, **kw):

@@ -158,9 +158,6 @@ class Checkpointer:
             tmp.write_text(json.dumps(sizes, indent=0))
             tmp.replace(d / MANIFEST)
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
         self.manager.wait_until_finished()
         self._write_manifests()

@@ -11,7 +11,9 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from jlm.checkpoint.export import FLOAT_DTYPES
 from jlm.model.config import PRESETS as MODEL_SHAPES
+from jlm.model.spec import REMAT_NAMES, parse_remat
 
 
 class TrainConfigError(ValueError):
@@ -50,7 +52,7 @@ class TrainConfig:
     clip_norm: float = 1.0  # global-norm clipping; 0 disables
     # ------------------------------------------------------------------ precision, memory
     precision: str = "mixed"  # "mixed": bf16 compute over fp32 masters/moments; "bf16": all bf16 (JudgeLM); "fp32"
-    remat: str | None = "nothing_saveable"  # a jax.checkpoint_policies name, or None (keep every activation)
+    remat: str | None = "nothing_saveable"  # a jax.checkpoint_policies name, save:NAMES, or None (keep all)
     scan_layers: bool = False
     attn_impl: str = "auto"  # "auto" (cudnn on GPU, else xla), "xla", "cudnn"
     # ------------------------------------------------------------------------------- LoRA
@@ -95,9 +97,13 @@ class TrainConfig:
             bad(f"attn_impl={self.attn_impl!r}: use 'auto', 'xla' or 'cudnn'")
         if self.remat is not None:
             import jax
-            if not hasattr(jax.checkpoint_policies, self.remat):
+            try:
+                policy = parse_remat(self.remat)
+            except ValueError as e:
+                bad(str(e))
+            if isinstance(policy, str) and not hasattr(jax.checkpoint_policies, policy):
                 bad(f"remat={self.remat!r} is not a jax.checkpoint_policies name (e.g. nothing_saveable, "
-                    "dots_saveable, dots_with_no_batch_dims_saveable)")
+                    f"dots_saveable, dots_with_no_batch_dims_saveable) nor save:NAMES ({', '.join(REMAT_NAMES)})")
         if self.global_batch <= 0 or (self.micro_batch is not None and self.micro_batch <= 0):
             bad(f"global_batch={self.global_batch}, micro_batch={self.micro_batch} must be positive")
         if self.micro_batch is not None and self.global_batch % self.micro_batch:
@@ -112,7 +118,7 @@ class TrainConfig:
             bad(f"epochs={self.epochs} must be positive")
         if self.save_every <= 0 or self.keep <= 0 or self.log_every <= 0:
             bad("save_every, keep and log_every must be positive")
-        if self.export_dtype not in ("bfloat16", "float16", "float32"):
+        if self.export_dtype not in FLOAT_DTYPES:
             bad(f"export_dtype={self.export_dtype!r}: use bfloat16, float16 or float32")
 
     def replace(self, **kw) -> "TrainConfig":

@@ -10,6 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jlm.data import ExampleConfig, train_dataset
+from jlm.formats.records import read_judgelm
 from jlm.train.config import TrainConfig, TrainConfigError
 
 BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions", "target_index")
@@ -65,7 +67,6 @@ class HostRows:
 
 def read_samples(paths: Sequence[str]) -> list:
     """Judge samples of JudgeLM-format JSONL files (records with judgement "error" are dropped)."""
-    from jlm.formats.records import read_judgelm
     if not paths:
         raise TrainConfigError("no training data: set train_data (JudgeLM-format JSONL files)")
     samples = []
@@ -79,7 +80,6 @@ def read_samples(paths: Sequence[str]) -> list:
 def judge_batches(cfg: TrainConfig, samples: Sequence, tokenizer) -> HostRows:
     """The resumable batch iterator of a run (global batches of `global_batch` rows, sliced per host)."""
     import jax
-    from jlm.data import ExampleConfig, train_dataset
 
     # with max_steps the stream may need more than `epochs` passes: make it endless
     num_epochs = None if (cfg.max_steps is not None or cfg.packing) else math.ceil(cfg.epochs)

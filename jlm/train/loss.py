@@ -25,14 +25,6 @@ from jlm.model.sharding import constrain
 Array = jax.Array
 
 
-def token_losses(logits: Array, targets: Array) -> Array:
-    """Cross-entropy of each position, fp32 [B, T], from logits [B, T, V] (any float dtype)."""
-    logits = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return lse - picked
-
-
 # positions (rows x chunk) whose logits exist at once: 512 x 49k fp32 is 100 MB
 CE_CHUNK_TOKENS = 512
 
@@ -121,11 +113,6 @@ def head_weight(model) -> Array:
     """The output projection [D, V] in the model's compute dtype (tied embeddings transposed)."""
     w = model.embed[...].T if model.lm_head is None else model.lm_head[...]
     return w.astype(model.dtype)
-
-
-def loss_terms(logits: Array, batch: Mapping[str, Array], weighting: str) -> tuple[Array, Array, Array]:
-    """(numerator, denominator, target tokens) of one micro-batch from its logits [B, T, V]."""
-    return weighted_terms(token_losses(logits, batch["targets"]), batch, weighting)
 
 
 def weighted_terms(ce: Array, batch: Mapping[str, Array], weighting: str,

@@ -21,9 +21,11 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jlm.checkpoint import read_config
+from jlm.checkpoint.paths import resolve_model_path
 from jlm.model.config import PRESETS as MODEL_SHAPES, LlamaConfig
 from jlm.model.llama import Block, Llama, LoRA, LoRAParam
-from jlm.model.load import abstract_model
+from jlm.model.load import abstract_model, load_model
 from jlm.model.sharding import logical_to_spec, make_mesh, named_sharding
 from jlm.train.config import TrainConfig, TrainConfigError
 
@@ -197,8 +199,6 @@ def model_config(cfg: TrainConfig) -> LlamaConfig:
     if cfg.model is None:
         hint = f" ({cfg.model_shape}: its base model)" if cfg.model_shape else ""
         raise TrainConfigError(f"no base model: pass --model PATH{hint}, or --init random for a dry run")
-    from jlm.checkpoint import read_config
-    from jlm.model.load import resolve_model_path
     path = resolve_model_path(cfg.model)
     model_cfg = LlamaConfig.from_hf(read_config(path), source=str(path))
     return model_cfg
@@ -252,7 +252,6 @@ def init_state(setup: Setup, params: dict[str, Array] | None = None,
 
 def load_weights(setup: Setup) -> tuple[dict[str, Array], dict[str, Array]]:
     """The base checkpoint (and fresh LoRA adapters) placed straight into their shards."""
-    from jlm.model.load import load_model
     cfg = setup.cfg
     compute, storage = dtypes(cfg)
     model, _ = load_model(cfg.model, dtype=compute, param_dtype=storage, mesh=setup.mesh,

@@ -17,8 +17,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from jlm.checkpoint import FLOAT_DTYPES
 from jlm.formats.records import drop_partial_last_line
 from jlm.model.config import LlamaConfig
+from jlm.model.load import save_adapter, save_pretrained
+from jlm.tokenizer import load_tokenizer
 from jlm.train.checkpoint import Checkpointer, existing_steps, same_run_fields
 from jlm.train.config import TrainConfig, TrainConfigError, steps_for
 from jlm.train.data import check_batch, judge_batches, read_samples, with_target_index
@@ -77,7 +80,6 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
         if samples is None:
             samples = read_samples(cfg.train_data)
         if tokenizer is None:
-            from jlm.tokenizer import load_tokenizer
             src = cfg.tokenizer or cfg.model
             if src is None:
                 raise TrainConfigError("no tokenizer: set tokenizer (or model)")
@@ -236,13 +238,10 @@ def export_hf(setup: Setup, state: TrainState, out_dir: Path, *, dtype: str = "b
     One host: tensors stream from the devices one at a time. Several hosts: each weight is gathered
     to every host (cast to the export dtype first; adapters stay fp32 for the merge) and host 0
     writes, so host RAM must hold the model once in the export dtype."""
-    from jlm.model.load import save_adapter, save_pretrained
-
     params, frozen = state.params, state.frozen
     if jax.process_count() > 1:
-        import ml_dtypes
         from jax.experimental import multihost_utils
-        np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}[dtype]
+        np_dtype = FLOAT_DTYPES[dtype]
         lora = set(setup.parts.trainable) if setup.parts.frozen else set()
 
         def gather(tree):
