@@ -4,12 +4,11 @@ pairwise + Bradley-Terry, and multi-turn (MT-bench turn 2) items.
 The ranking logic is checked with a scripted judge whose scores are known (answer length), so
 agreement can be exactly 1 or -1; the real engine path runs on the bigram judge of test_judge.py.
 """
-import math
 
 import numpy as np
 import pytest
 
-from jlm.formats.prompts import build_prompt, multi_prompt
+from jlm.formats.prompts import build_prompt
 from jlm.formats.scores import win_label
 from jlm.infer.judge import Judgement, as_item
 from jlm.infer.tasks import compare_rankings, max_answers, mtbench_items, multi_turn_item

@@ -20,11 +20,13 @@ import jax.numpy as jnp
 from flax import nnx, struct
 from jax.ad_checkpoint import checkpoint_name
 
+from jlm.model import masks
 from jlm.model.config import LlamaConfig
+from jlm.model.masks import CausalMask
 from jlm.model.sharding import constrain
 from jlm.model.spec import PROJ_EINSUM, ArraySpec, LoRA, block_specs, cache_specs, lora_specs, parse_remat, top_specs
 
-__all__ = ["Block", "KVCache", "Int8KV", "Llama", "LoRA", "LoRAParam", "ModelOutput"]
+__all__ = ["Block", "CausalMask", "KVCache", "Int8KV", "Llama", "LoRA", "LoRAParam", "ModelOutput"]
 
 Array = jax.Array
 # A large finite negative instead of -inf: a fully masked row (a left-pad query) then gets a
@@ -202,46 +204,50 @@ def attention(q: Array, k: Array, v: Array, mask: Array, *, impl: str = "xla",
               return_probs: bool = False) -> tuple[Array, Array | None]:
     """q [B,T,H,D], k/v [B,S,K,D] (K divides H), mask [B,T,S] bool -> ([B,T,H,D], probs|None).
 
-    impl="xla": einsum with an fp32 softmax; used for parity checks and `output_attentions`.
-    impl="cudnn" (GPU): cuDNN flash attention for multi-token calls (prefill, tree scoring,
-    training). Our masks are arbitrary (left padding, cache holes, packed segments, candidate
-    trees), so the mask goes in as an additive bias (jax turns a boolean mask into 0 / large
-    negative); a fully masked query row (a left-pad position) gets a finite uniform softmax, never
-    NaN. Single-token decode steps, bound by reading the cache rather than by FLOPs, take a
-    multiply-and-reduce path instead (any impl other than "xla").
+    impl="xla", or probabilities asked for: `reference_attention`. Otherwise a multi-token call
+    (prefill, tree scoring) takes `fused_attention` and a one-token decode step `decode_attention`.
     """
+    if impl == "xla" or return_probs:
+        return reference_attention(q, k, v, mask, return_probs=return_probs)
+    if q.shape[1] > 1:
+        return fused_attention(q, k, v, mask, impl=impl), None
+    return decode_attention(q, k, v, mask), None
+
+
+def reference_attention(q: Array, k: Array, v: Array, mask: Array, *,
+                        return_probs: bool = False) -> tuple[Array, Array | None]:
+    """Einsums with an fp32 softmax: parity checks, `output_attentions`, and CPU."""
     b, t, h, d = q.shape
     kv = k.shape[2]
-    scale = 1.0 / math.sqrt(d)
-    if impl != "xla" and not return_probs and t > 1:
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale, implementation=impl)
-        return out, None
-    if impl != "xla" and not return_probs:
-        # One query per row (a decode step) only reads the cache. As an einsum, the cache's
-        # [B, S, K, D] layout (batch dims B and K not leading) makes XLA transpose all of it for
-        # a batched GEMM on every step; multiply-and-reduce reads it once, in place, in fp32.
-        qg = q.reshape(b, 1, kv, h // kv, d).astype(jnp.float32)
-        scores = jnp.sum(qg * k[:, :, :, None, :].astype(jnp.float32), axis=-1) * scale  # [B, S, K, G]
-        scores = jnp.where(mask[:, 0, :, None, None], scores, NEG_INF)
-        probs = jax.nn.softmax(scores, axis=1)
-        out = jnp.sum(probs[..., None] * v[:, :, :, None, :].astype(jnp.float32), axis=1)  # [B, K, G, D]
-        return out.reshape(b, 1, h, d).astype(v.dtype), None
     qg = q.reshape(b, t, kv, h // kv, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * (1.0 / math.sqrt(d))
     scores = jnp.where(mask[:, None, None], scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1)
     out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v).reshape(b, t, h, d)
     return out, (probs.reshape(b, h, t, -1) if return_probs else None)
 
 
-@struct.dataclass
-class CausalMask:
-    """Causal self-attention without a cache, kept implicit: fused kernels (cuDNN flash attention)
-    skip the upper triangle instead of reading a dense [T, T] mask, and the XLA path attends block
-    by block (`blockwise_causal_attention`). `segment_ids` [B, T] restricts attention to packed
-    segments (0 = padding); None means one sequence per row. Built by `Llama.__call__` for every
-    cache-free call that returns no attention probabilities; consumed via `causal_attention`."""
-    segment_ids: Array | None = None
+def fused_attention(q: Array, k: Array, v: Array, mask: Array, *, impl: str) -> Array:
+    """A fused kernel (impl="cudnn": cuDNN flash attention). Our masks are arbitrary (left padding,
+    cache holes, packed segments, candidate trees), so the mask goes in as an additive bias (jax
+    turns a boolean mask into 0 / large negative); a fully masked query row (a left-pad position)
+    gets a finite uniform softmax, never NaN."""
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=1.0 / math.sqrt(q.shape[-1]),
+                                        implementation=impl)
+
+
+def decode_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """One query per row (a decode step), which only reads the cache. As an einsum, the cache's
+    [B, S, K, D] layout (batch dims B and K not leading) makes XLA transpose all of it for a
+    batched GEMM on every step; multiply-and-reduce reads it once, in place, in fp32."""
+    b, _, h, d = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, 1, kv, h // kv, d).astype(jnp.float32)
+    scores = jnp.sum(qg * k[:, :, :, None, :].astype(jnp.float32), axis=-1) * (1.0 / math.sqrt(d))  # [B, S, K, G]
+    scores = jnp.where(mask[:, 0, :, None, None], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=1)
+    out = jnp.sum(probs[..., None] * v[:, :, :, None, :].astype(jnp.float32), axis=1)  # [B, K, G, D]
+    return out.reshape(b, 1, h, d).astype(v.dtype)
 
 
 # Query block of the XLA causal path: each block of queries attends to the keys up to its end, so
@@ -402,10 +408,10 @@ class Block(nnx.Module):
         q = checkpoint_name(constrain(q, ("act_batch", "act_seq", "act_heads", None)), "query")
         k, v = checkpoint_name(k, "key"), checkpoint_name(v, "value")
         if layer_cache is not None:  # write this chunk at the shared cursor, attend over the cache
-            layer_cache = tuple(_cache_write(c, x, cache_index) for c, x in zip(layer_cache, (k, v)))
+            layer_cache = tuple(_cache_write(c, new, cache_index) for c, new in zip(layer_cache, (k, v)))
             # attention reads what the cache holds (quantised included), as later decode steps will
             if isinstance(mask, CausalMask):  # an empty cache: the chunk attends to itself only
-                k, v = (_as_cached(c, x, self.dtype) for c, x in zip(layer_cache, (k, v)))
+                k, v = (_as_cached(c, new, self.dtype) for c, new in zip(layer_cache, (k, v)))
             else:
                 k, v = (c.dequantize(self.dtype) if isinstance(c, Int8KV) else c for c in layer_cache)
         if isinstance(mask, CausalMask):  # causal within this chunk: fused or blockwise kernel
@@ -454,7 +460,8 @@ class Llama(nnx.Module):
                  cache: KVCache | None = None, chunk_mask: Array | None = None,
                  cache_empty: bool = False, output_hidden_states: bool = False,
                  output_attentions: bool = False, logits: bool | str = True) -> ModelOutput:
-        """Run the decoder on `input_ids` [B, T].
+        """Run the decoder on `input_ids` [B, T], Hugging Face style: masks and positions are built
+        here (jlm/model/masks.py) and passed to `forward`.
 
         attention_mask: [B, T], 1 for real tokens, 0 for padding (left or right).
         segment_ids: [B, T] for packed training rows (0 = padding); tokens attend within their segment.
@@ -469,51 +476,31 @@ class Llama(nnx.Module):
         logits: True for all positions, "last" for the last position only ([B, 1, V]), False to
             skip the vocabulary projection (hidden states only).
         """
-        b, t = input_ids.shape
-        attention_mask_given = attention_mask is not None
-        if attention_mask is None:
-            attention_mask = jnp.ones((b, t), bool) if segment_ids is None else segment_ids > 0
-        attention_mask = attention_mask.astype(bool)
-
-        if cache is not None:
-            offset = cache.next_pos[:, None]
-            if positions is None:
-                positions = offset + jnp.cumsum(attention_mask, axis=1) - 1
-            slots = jnp.arange(cache.size)
-            new_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, attention_mask, cache.index, axis=1)
-            # query j sits in slot index+j: it sees valid slots up to and including its own
-            mask = new_valid[:, None, :] & (slots[None, None, :] <= cache.index + jnp.arange(t)[None, :, None])
-            if cache_empty and chunk_mask is None and not output_attentions and self.attn_impl == "xla":
-                # a prefill into an empty cache is causal attention within the chunk: the blockwise
-                # kernel then never forms [T, S] scores (the cuDNN path keeps its measured dense mask)
-                mask = CausalMask(attention_mask.astype(jnp.int32))
-            if chunk_mask is not None:
-                within = jnp.broadcast_to(chunk_mask.astype(bool), (b, t, t))
-                mask = mask & jax.lax.dynamic_update_slice_in_dim(jnp.ones_like(mask), within, cache.index, axis=2)
+        shape = input_ids.shape
+        if cache is None:
+            positions, mask = masks.cache_free(attention_mask, segment_ids, positions, shape,
+                                               dense=output_attentions)
+            real = None
         else:
-            if positions is None:
-                positions = (_segment_positions(segment_ids) if segment_ids is not None
-                             else jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0))
-            if segment_ids is None and attention_mask_given:
-                segment_ids = attention_mask.astype(jnp.int32)  # padding is segment 0
-            if output_attentions:  # the dense mask, for the probabilities of every query and key
-                causal = jnp.tril(jnp.ones((t, t), bool))[None]
-                mask = causal if segment_ids is None else (
-                    causal & (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0))
-            else:  # causality stays implicit (fused kernel or blockwise); segments ride along
-                mask = CausalMask(segment_ids)
-        positions = positions.astype(jnp.int32)
+            real = (attention_mask if attention_mask is not None else
+                    jnp.ones(shape, bool) if segment_ids is None else segment_ids > 0).astype(bool)
+            causal_chunk = cache_empty and not output_attentions and self.attn_impl == "xla"
+            positions, mask = masks.with_cache(cache, real, positions, chunk_mask, causal_chunk=causal_chunk)
+        return self.forward(input_ids, positions.astype(jnp.int32), mask, cache, real,
+                            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                            logits=logits)
 
+    def forward(self, input_ids: Array, positions: Array, mask, cache: KVCache | None = None,
+                real: Array | None = None, *, output_hidden_states: bool = False,
+                output_attentions: bool = False, logits: bool | str = True) -> ModelOutput:
+        """The decoder itself: token ids [B, T] at RoPE `positions` [B, T] under `mask` (a
+        masks.CausalMask or a [B, T, S] bool array; jlm/model/masks.py builds them). With `cache`,
+        the tokens are written at its cursor and `real` [B, T] bool says which of them are tokens
+        (not padding): the slots the cache marks valid, and how far each row's position moves."""
         x = self.embed[...].astype(self.dtype)[input_ids]
         x = constrain(x, ("act_batch", "act_seq", "act_embed"))
         if self.scan_layers and cache is None and not output_attentions:
-            embedded = x
-            x, per_layer = self._scan_layers(x, positions, mask, keep=output_hidden_states)
-            x = rms_norm(x, self.norm[...], self.cfg.rms_norm_eps)
-            hidden = None
-            if output_hidden_states:  # embeddings, each layer's output, the last one normed
-                hidden = (embedded, *[per_layer[i] for i in range(self.cfg.num_layers - 1)], x)
-            return ModelOutput(logits=self._final(x, logits), hidden_states=hidden)
+            return self._forward_scanned(x, positions, mask, output_hidden_states, logits)
         hidden, probs_all, new_k, new_v = [x], [], [], []
         block = functools.partial(_block_call, attn_impl=self.attn_impl, return_probs=output_attentions)
         if self.remat is not None:
@@ -525,22 +512,28 @@ class Llama(nnx.Module):
             if cache is not None:
                 new_k.append(layer_cache[0])
                 new_v.append(layer_cache[1])
-            if output_hidden_states:
-                hidden.append(x)
-            if output_attentions:
-                probs_all.append(probs)
+            hidden.append(x)
+            probs_all.append(probs)
         x = rms_norm(x, self.norm[...], self.cfg.rms_norm_eps)
-        if output_hidden_states:
-            hidden[-1] = x  # Hugging Face's convention: the last entry is after the final norm
-
-        out_logits = self._final(x, logits)
-
+        hidden[-1] = x  # Hugging Face's convention: the last entry is after the final norm
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=new_valid, index=cache.index + t,
-                                next_pos=cache.next_pos + attention_mask.sum(axis=1).astype(jnp.int32))
-        return ModelOutput(logits=out_logits, hidden_states=tuple(hidden) if output_hidden_states else None,
+            new_cache = KVCache(k=tuple(new_k), v=tuple(new_v),
+                                valid=jax.lax.dynamic_update_slice_in_dim(cache.valid, real, cache.index, axis=1),
+                                index=cache.index + x.shape[1],
+                                next_pos=cache.next_pos + real.sum(axis=1).astype(jnp.int32))
+        return ModelOutput(logits=self._final(x, logits), hidden_states=tuple(hidden) if output_hidden_states else None,
                            attentions=tuple(probs_all) if output_attentions else None, cache=new_cache)
+
+    def _forward_scanned(self, x: Array, positions: Array, mask, output_hidden_states: bool,
+                         logits: bool | str) -> ModelOutput:
+        embedded = x
+        x, per_layer = self._scan_layers(x, positions, mask, keep=output_hidden_states)
+        x = rms_norm(x, self.norm[...], self.cfg.rms_norm_eps)
+        hidden = None
+        if output_hidden_states:  # embeddings, each layer's output, the last one normed
+            hidden = (embedded, *[per_layer[i] for i in range(self.cfg.num_layers - 1)], x)
+        return ModelOutput(logits=self._final(x, logits), hidden_states=hidden)
 
     def _final(self, x: Array, logits: bool | str) -> Array | None:
         """The requested logits of the final (normed) hidden states."""
@@ -603,13 +596,3 @@ def remat_policy(remat: str):
 
 def _block_call(layer, *args, **kw):
     return layer(*args, **kw)
-
-
-def _segment_positions(segment_ids: Array) -> Array:
-    """Position of each token within its packed segment."""
-    t = segment_ids.shape[1]
-    idx = jnp.broadcast_to(jnp.arange(t), segment_ids.shape)
-    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
-                              segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
-    first = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
-    return idx - first
