@@ -22,8 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from jlm.formats.prompts import build_prompt
-from jlm.formats.scores import parse_scores, win_label
-from jlm.infer.judge import Judgement, as_item, score_budget
+from jlm.infer.judge import as_item, build_judgement, score_budget
 
 TURN = "\n\n### Question: {question}\n### Answer:"
 # A small model often goes on to invent the next turn itself; the answer ends where it starts one.
@@ -68,23 +67,8 @@ class JudgeChat:
         self.batch = self.engine.prefill([ids], [0], reserve=context - length)
         self.truncated = False
         tokens = list(self._stream_tokens(judge.max_new_tokens))
-        self.judgement = self._judgement(item, tokens)
-
-    # --------------------------------------------------------------------------------- judging
-    def _judgement(self, item, tokens: list[int]) -> Judgement:
-        raw = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        # as Judge.score: the score line is the text before the first newline, even if it is empty
-        line, newline, rest = raw.partition("\n")
-        text = raw.strip()
-        n = {"pair": 2, "single": 1, "vqa": 1}.get(self.mode, len(item.answers))
-        scores = parse_scores(line, n=n) if newline or not self.truncated else None  # a cut line never parses
-        scores = tuple(scores) if scores is not None else None
-        ranking = None
-        if self.mode == "multi" and scores is not None:
-            ranking = tuple(int(i) for i in np.argsort(-np.asarray(scores), kind="stable"))
-        return Judgement(index=0, question_id=item.question_id, mode=self.mode, text=text, scores=scores,
-                         verdict=(win_label(*scores) if scores else 0) if self.mode == "pair" else None,
-                         ranking=ranking, reasons=rest.strip(), finished=not self.truncated)
+        self.judgement = build_judgement(self.tokenizer.decode(tokens, skip_special_tokens=True), index=0,
+                                         item=item, mode=self.mode, finished=not self.truncated, with_reasons=True)
 
     # -------------------------------------------------------------------------------- decoding
     def _stream_tokens(self, max_new: int) -> Iterator[int]:

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jlm.formats.prompts import APPENDIX, APPENDIX_SINGLE
 from jlm.infer.engine import CandidateTree
 
 SCORES = tuple(range(1, 11))  # JudgeLM's scale
@@ -99,10 +100,10 @@ def score_tree(tokenizer, vocab_size: int, mode: str, eos_ids: Sequence[int | No
     """Candidates for `mode` "pair" ("a b" after "### Response:") or "single" (" b" after the
     forced "### Response:10")."""
     if mode == "pair":
-        context, labels = "### Response:", [(a, b) for a in SCORES for b in SCORES]
+        context, labels = APPENDIX, [(a, b) for a in SCORES for b in SCORES]
         texts = [f"{a} {b}" for a, b in labels]
     elif mode == "single":
-        context, labels = "### Response:10", [(b,) for b in SCORES]
+        context, labels = APPENDIX_SINGLE, [(b,) for b in SCORES]
         texts = [f" {b}" for (b,) in labels]
     else:
         raise ValueError(f"score distributions exist for modes 'pair' and 'single', not {mode!r}")

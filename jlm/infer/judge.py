@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jlm.checkpoint.paths import base_checkpoint
-from jlm.formats.prompts import build_prompt
+from jlm.formats.prompts import APPENDIX, APPENDIX_SINGLE, build_prompt
 from jlm.formats.records import Item
 from jlm.formats.scores import parse_scores, win_label
 from jlm.infer.distributions import ScoreDistribution, ScoreTree, candidate_tokens, score_tree
@@ -129,6 +129,36 @@ class _Job:
     result: Judgement | None = None
 
 
+class _Results:
+    """Judgements in input order as their jobs finish: an item is combined (both answer orders) and
+    delivered to `on_result` once all its jobs are done."""
+
+    def __init__(self, items: list[Item], modes: list[str], on_result):
+        self.items, self.modes, self.on_result = items, modes, on_result
+        self.results: list[Judgement | None] = [None] * len(items)
+        self.jobs: dict[int, list[_Job]] = {}  # item -> its jobs
+        self.cuts: dict[int, tuple[int, ...]] = {}  # item -> tokens removed from each answer
+
+    def fail(self, i: int, why: str, deliver: bool) -> None:
+        it = self.items[i]
+        self.results[i] = Judgement(index=i, question_id=it.question_id, mode=self.modes[i], text="", scores=None,
+                                    finished=False, error=why)
+        if deliver and self.on_result is not None:
+            self.on_result(self.results[i])
+
+    def done(self, job: _Job, result: Judgement) -> None:
+        job.result = result
+        sibs = self.jobs[job.item]
+        if any(s.result is None for s in sibs):
+            return
+        res = Judge._combine(job.item, self.items[job.item], self.modes[job.item], sibs)
+        if job.item in self.cuts:
+            res = dataclasses.replace(res, input_truncated=self.cuts[job.item])
+        self.results[job.item] = res
+        if self.on_result is not None:
+            self.on_result(res)
+
+
 def _default_dtype():
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
 
@@ -183,7 +213,7 @@ class Judge:
         if mode in self._checked:
             return
         text = "8 3" if mode == "pair" else " 7"
-        context = "### Response:" if mode == "pair" else "### Response:10"
+        context = APPENDIX if mode == "pair" else APPENDIX_SINGLE
         want = self.tokenizer.encode(prompt) + candidate_tokens(self.tokenizer, context, text)
         if self.tokenizer.encode(prompt + text) != want:
             raise ValueError(f"the tokenizer merges the prompt's end with the score line ({mode} mode); "
@@ -224,12 +254,20 @@ class Judge:
         reserve = line_budget + (self.max_new_tokens if want_reasons else 0)
         if distributions and any(m in ("pair", "single") for m in modes):
             reserve = max(reserve, max(self._tree(m).tree.size for m in set(modes) if m in ("pair", "single")))
+        out = _Results(items, modes, on_result)
+        jobs = self._jobs(out, reserve, swap, distributions, on_overflow)
+        for rows in self.engine.plan([len(j.ids) for j in jobs], reserve=reserve) if jobs else []:
+            # rows are job indices, which also seed sampling: results do not depend on batching
+            self._run_batch(out, jobs, rows, reserve=reserve, line_budget=line_budget, reasons=reasons,
+                            distributions=distributions, sampling=sampling)
+        return out.results  # type: ignore[return-value]
+
+    def _jobs(self, out: "_Results", reserve: int, swap: bool, distributions: bool, on_overflow: str) -> list[_Job]:
+        """The prompts to run, an item in each answer order; an item too long for the context is
+        shortened (its cut recorded in `out`), or gets an error judgement, per `on_overflow`."""
         limit = self.cfg.max_position_embeddings
-        results: list[Judgement | None] = [None] * len(items)
-        cuts: dict[int, tuple[int, ...]] = {}  # item -> tokens removed from each answer
         jobs: list[_Job] = []
-        pending_jobs: dict[int, list[_Job]] = {}
-        for i, (it, m) in enumerate(zip(items, modes)):
+        for i, (it, m) in enumerate(zip(out.items, out.modes)):
             orders = (False, True) if swap else (False,)
             ids = [self._encode(it, m, rev, distributions) for rev in orders]
             if max(map(len, ids)) + reserve > limit:
@@ -240,61 +278,48 @@ class Judge:
                                                         if on_overflow == "truncate" else ""))
                     if on_overflow == "error":
                         raise PromptTooLong(i, it.question_id, why)
-                    results[i] = Judgement(index=i, question_id=it.question_id, mode=m, text="", scores=None,
-                                           finished=False, error=why + (" (skipped)" if on_overflow == "skip" else ""))
-                    if on_result is not None and on_overflow == "truncate":
-                        on_result(results[i])
+                    out.fail(i, why + (" (skipped)" if on_overflow == "skip" else ""),
+                             deliver=on_overflow == "truncate")
                     continue
-                items[i], cuts[i] = fitted
-                ids = [self._encode(items[i], m, rev, distributions) for rev in orders]
-            pending_jobs[i] = [_Job(i, rev, x) for rev, x in zip(orders, ids)]
-            jobs += pending_jobs[i]
+                out.items[i], out.cuts[i] = fitted
+                ids = [self._encode(out.items[i], m, rev, distributions) for rev in orders]
+            out.jobs[i] = [_Job(i, rev, x) for rev, x in zip(orders, ids)]
+            jobs += out.jobs[i]
+        return jobs
 
-        def finish(job: _Job):
-            sibs = pending_jobs[job.item]
-            if all(s.result is not None for s in sibs):
-                res = self._combine(job.item, items[job.item], modes[job.item], sibs)
-                if job.item in cuts:
-                    res = dataclasses.replace(res, input_truncated=cuts[job.item])
-                results[job.item] = res
-                if on_result is not None:
-                    on_result(res)
-
+    def _run_batch(self, out: "_Results", jobs: list[_Job], rows, *, reserve: int, line_budget: int, reasons,
+                   distributions: bool, sampling: Sampling) -> None:
+        """Prefill one batch of jobs, read their score distributions, decode their score lines and,
+        for the rows that want them, their reasons; each finished item goes to `out`."""
         eng = self.engine
-        all_ids = [j.ids for j in jobs]
-        for rows in eng.plan([len(j.ids) for j in jobs], reserve=reserve) if jobs else []:
-            # rows are job indices, which also seed sampling: results do not depend on batching
-            batch_jobs = [jobs[n] for n in rows]
-            batch = eng.prefill(all_ids, rows, reserve=reserve)
-            dists: list[ScoreDistribution | None] = [None] * len(batch_jobs)
-            if distributions:
-                for m in sorted({modes[j.item] for j in batch_jobs} & {"pair", "single"}):
-                    st = self._tree(m)
-                    lp = eng.tree_logprobs(batch, st.tree)
-                    for r, j in enumerate(batch_jobs):
-                        if modes[j.item] == m:
-                            dists[r] = ScoreDistribution.from_logprobs(lp[r], st.labels)
-            gens = eng.decode(batch, max_new=line_budget, stop="newline", sampling=sampling)
-            first = [self._judgement(j, items[j.item], modes[j.item], g.tokens, g.finished, dists[r])
-                     for r, (j, g) in enumerate(zip(batch_jobs, gens))]
-            select = np.zeros(len(batch.rows), bool)
-            if want_reasons:
-                for r, (res, g) in enumerate(zip(first, gens)):
-                    ended_on_eos = bool(g.tokens) and g.tokens[-1] == self.tokenizer.eos_id
-                    select[r] = not ended_on_eos and (reasons is True or bool(reasons(res)))
-            # rows that want no reasons are done: deliver them now, not after the others' reasons
-            for r in sorted(np.flatnonzero(~select[:len(batch_jobs)]), key=lambda r: batch_jobs[r].item):
-                batch_jobs[r].result = first[r]
-                finish(batch_jobs[r])
-            if select.any():
-                more = eng.decode(batch, max_new=self.max_new_tokens, stop="eos", sampling=sampling, select=select)
-                for r in sorted(np.flatnonzero(select), key=lambda r: batch_jobs[r].item):
-                    j = batch_jobs[r]
-                    j.result = self._judgement(j, items[j.item], modes[j.item], gens[r].tokens + more[r].tokens,
-                                               more[r].finished, dists[r], with_reasons=True)
-                    finish(j)
-            del batch  # free this cache before the next prefill allocates one
-        return results  # type: ignore[return-value]
+        batch_jobs = [jobs[n] for n in rows]
+        batch = eng.prefill([j.ids for j in jobs], rows, reserve=reserve)
+        modes = [out.modes[j.item] for j in batch_jobs]
+        dists: list[ScoreDistribution | None] = [None] * len(batch_jobs)
+        if distributions:
+            for m in sorted(set(modes) & {"pair", "single"}):
+                st = self._tree(m)
+                lp = eng.tree_logprobs(batch, st.tree)
+                for r, mode in enumerate(modes):
+                    if mode == m:
+                        dists[r] = ScoreDistribution.from_logprobs(lp[r], st.labels)
+        gens = eng.decode(batch, max_new=line_budget, stop="newline", sampling=sampling)
+        first = [self._judgement(j, out.items[j.item], m, g.tokens, g.finished, d)
+                 for j, m, g, d in zip(batch_jobs, modes, gens, dists)]
+        select = np.zeros(len(batch.rows), bool)
+        if reasons is not False:
+            for r, (res, g) in enumerate(zip(first, gens)):
+                ended_on_eos = bool(g.tokens) and g.tokens[-1] == self.tokenizer.eos_id
+                select[r] = not ended_on_eos and (reasons is True or bool(reasons(res)))
+        # rows that want no reasons are done: deliver them now, not after the others' reasons
+        for r in sorted(np.flatnonzero(~select[:len(batch_jobs)]), key=lambda r: batch_jobs[r].item):
+            out.done(batch_jobs[r], first[r])
+        if select.any():
+            more = eng.decode(batch, max_new=self.max_new_tokens, stop="eos", sampling=sampling, select=select)
+            for r in sorted(np.flatnonzero(select), key=lambda r: batch_jobs[r].item):
+                j = batch_jobs[r]
+                out.done(j, self._judgement(j, out.items[j.item], modes[r], gens[r].tokens + more[r].tokens,
+                                            more[r].finished, dists[r], with_reasons=True))
 
     def grade(self, samples: Sequence[Any], **kw) -> list[Judgement]:
         """Single-answer grading, JudgeLM's way: each sample is (question, reference answer, answer)
@@ -346,19 +371,8 @@ class Judge:
 
     def _judgement(self, job: _Job, item: Item, mode: str, tokens: list[int], finished: bool,
                    dist: ScoreDistribution | None, with_reasons: bool = False) -> Judgement:
-        raw = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        line, newline, rest = raw.partition("\n")
-        # JudgeLM's fast eval keeps the text before the first newline, stripped; with reasons, the
-        # whole text, stripped (without JudgeLM's off-by-one that drops the last character)
-        text = raw.strip() if with_reasons else line.strip()
-        n = {"pair": 2, "single": 1, "vqa": 1}.get(mode, len(item.answers))  # after a forced "10": one score
-        # a line cut at the token budget may end inside a number ("10 1" of "10 10"): never parse it
-        scores = parse_scores(text, n=n) if newline or finished else None
-        scores = tuple(scores) if scores is not None else None
-        return Judgement(index=job.item, question_id=item.question_id, mode=mode, text=text, scores=scores,
-                         verdict=win_label(*scores) if mode == "pair" and scores else (0 if mode == "pair" else None),
-                         ranking=_ranking(scores) if mode == "multi" else None,
-                         reasons=rest.strip() if with_reasons else None, distribution=dist, finished=finished)
+        return build_judgement(self.tokenizer.decode(tokens, skip_special_tokens=True), index=job.item, item=item,
+                               mode=mode, finished=finished, with_reasons=with_reasons, distribution=dist)
 
     @staticmethod
     def _combine(index: int, item: Item, mode: str, jobs: list[_Job]) -> Judgement:
@@ -378,6 +392,25 @@ class Judge:
         return dataclasses.replace(orig, scores=scores, verdict=win_label(*scores) if scores else 0,
                                    distribution=dist, swapped=rev, original=orig,
                                    error=orig.error or rev.error)
+
+
+def build_judgement(raw: str, *, index: int, item: Item, mode: str, finished: bool, with_reasons: bool,
+                    distribution: ScoreDistribution | None = None) -> Judgement:
+    """The Judgement of one generated text (`Judge.score` and `JudgeChat` both build theirs here).
+
+    JudgeLM's fast eval keeps the text before the first newline, stripped; with reasons, the whole
+    text, stripped (without JudgeLM's off-by-one that drops the last character). A line cut at the
+    token budget (not `finished`, no newline) may end inside a number ("10 1" of "10 10") and is
+    never parsed."""
+    line, newline, rest = raw.partition("\n")
+    text = raw.strip() if with_reasons else line.strip()
+    n = {"pair": 2, "single": 1, "vqa": 1}.get(mode, len(item.answers))  # after a forced "10": one score
+    scores = parse_scores(text, n=n) if newline or finished else None
+    scores = tuple(scores) if scores is not None else None
+    return Judgement(index=index, question_id=item.question_id, mode=mode, text=text, scores=scores,
+                     verdict=win_label(*scores) if mode == "pair" and scores else (0 if mode == "pair" else None),
+                     ranking=_ranking(scores) if mode == "multi" else None,
+                     reasons=rest.strip() if with_reasons else None, distribution=distribution, finished=finished)
 
 
 def _ranking(scores) -> tuple[int, ...] | None:
