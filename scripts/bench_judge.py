@@ -38,13 +38,13 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from jlm.infer.engine import Engine, Planner, default_mesh  # noqa: E402
-from jlm.model.config import PRESETS, LlamaConfig  # noqa: E402
+from jlm.model.config import MODEL_SHAPES, LlamaConfig  # noqa: E402
 from jlm.model.llama import Llama  # noqa: E402
 
 SHAPES = {
-    "7b": PRESETS["judgelm-7b"],
-    "13b": PRESETS["judgelm-13b"],
-    "1b": PRESETS["llama-1b"],
+    "7b": MODEL_SHAPES["judgelm-7b"],
+    "13b": MODEL_SHAPES["judgelm-13b"],
+    "1b": MODEL_SHAPES["llama-1b"],
     "tiny": LlamaConfig(vocab_size=32000, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                         num_kv_heads=4, head_dim=16, max_position_embeddings=2048),
 }

@@ -38,7 +38,7 @@ def worker(a) -> None:
     import jax
     import numpy as np
 
-    from jlm.model.config import PRESETS, LlamaConfig
+    from jlm.model.config import MODEL_SHAPES, LlamaConfig
     from jlm.train.config import TrainConfig
     from jlm.train.monitor import peak_tflops, step_flops
     from jlm.train.optim import lr_schedule, make_optimizer
@@ -49,7 +49,7 @@ def worker(a) -> None:
         mcfg = LlamaConfig(vocab_size=32000, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
                            num_kv_heads=4, head_dim=32)
     else:
-        mcfg = PRESETS[a.shape]
+        mcfg = MODEL_SHAPES[a.shape]
     variant = a.remat[0]  # a worker runs one variant: POLICY or POLICY+scan
     policy, _, extra = variant.partition("+")
     scan = a.scan_layers or extra == "scan"
@@ -166,7 +166,7 @@ def run(cmd: list[str], env: dict, timeout: float) -> tuple[int, str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", default="llama-1b", help="a jlm.model.config.PRESETS shape, or 'tiny' (CPU smoke test)")
+    ap.add_argument("--shape", default="llama-1b", help="a jlm.model.config.MODEL_SHAPES shape, or 'tiny' (CPU smoke test)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=10)

@@ -12,7 +12,7 @@ from jlm.data.tokenizer import ByteTokenizer
 from jlm.infer.distributions import build_tree
 from jlm.infer.engine import Engine, Planner, default_mesh, stop_table
 from jlm.infer.sampling import Sampling, filter_logits
-from jlm.model.config import PRESETS, LlamaConfig
+from jlm.model.config import MODEL_SHAPES, LlamaConfig
 from jlm.model.llama import Llama
 
 V = 64
@@ -131,14 +131,14 @@ def token_rows(planner, lengths, batches):
     return sum(planner.batch_bucket(len(b)) * planner.bucket(max(lengths[r] for r in b)) for b in batches)
 
 
-SEVEN_B = Planner.for_model(PRESETS["judgelm-7b"], batch_size=64)
+SEVEN_B = Planner.for_model(MODEL_SHAPES["judgelm-7b"], batch_size=64)
 
 
 def test_cost_model_constants_come_from_the_config():
     # one read of bf16 weights = FLOP_PER_BYTE token-rows; a 7B cache slot (0.5 MiB) ~ 0.01 token-rows
     assert SEVEN_B.weight_rows == pytest.approx(800 / 3)
     assert SEVEN_B.slot_rows == pytest.approx(2 * 32 * 32 * 128 * 2 * (800 / 3) / (2 * 6.74e9), rel=1e-2)
-    two = Planner.for_model(PRESETS["judgelm-7b"], batch_size=64, dp=2)  # each device reads all the weights
+    two = Planner.for_model(MODEL_SHAPES["judgelm-7b"], batch_size=64, dp=2)  # each device reads all the weights
     assert two.weight_rows == pytest.approx(2 * SEVEN_B.weight_rows) and two.slot_rows == SEVEN_B.slot_rows
 
 

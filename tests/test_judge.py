@@ -197,7 +197,7 @@ def test_a_line_cut_at_the_budget_never_parses(monkeypatch):
 
 def test_max_answers_uses_the_judges_score_line_budget():
     from jlm.formats.prompts import build_prompt
-    from jlm.infer.tasks import max_answers
+    from jlm.infer.ranking import max_answers
     answers = [f"answer number {k} " * 10 for k in range(8)]
     q = "Which answer is best?"
     length = [len(TOK.encode(build_prompt(q, answers[:k], mode="multi"))) for k in range(2, 9)]

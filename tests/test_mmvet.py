@@ -12,7 +12,7 @@ from jlm.formats.mmvet import mmvet_item, read_mmvet, resolve_ground_truth
 from jlm.formats.prompts import VQA_PROMPT, build_prompt
 from jlm.formats.records import FormatError
 from jlm.infer.judge import Judgement
-from jlm.infer.tasks import judge_mmvet, mmvet_score
+from jlm.infer.mmvet import judge_mmvet, mmvet_score
 from test_judge import bigram_judge
 
 FIX = Path(__file__).parent / "fixtures" / "mmvet"

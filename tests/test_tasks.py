@@ -11,7 +11,8 @@ import pytest
 from jlm.formats.prompts import build_prompt
 from jlm.formats.scores import win_label
 from jlm.infer.judge import Judgement, as_item
-from jlm.infer.tasks import compare_rankings, max_answers, mtbench_items, multi_turn_item
+from jlm.infer.multiturn import mtbench_items, multi_turn_item
+from jlm.infer.ranking import compare_rankings, max_answers
 from test_engine import ByteTok
 from test_judge import bigram_judge, line_prob
 

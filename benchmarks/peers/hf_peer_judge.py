@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-# LLaMA-1 shapes of the released JudgeLM checkpoints (jlm.model.config.PRESETS), vocabulary 32000
+# LLaMA-1 shapes of the released JudgeLM checkpoints (jlm.model.config.MODEL_SHAPES), vocabulary 32000
 PRESETS = {
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32),
     "13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40),

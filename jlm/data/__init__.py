@@ -21,7 +21,7 @@ from jlm.data.pipeline import (
     shuffle_permutation,
     train_dataset,
 )
-from jlm.data.tokenizer import ByteTokenizer, Tokenizer
+from jlm.data.tokenizer import ByteTokenizer, TokenizerLike
 
 __all__ = [
     "BATCH_KEYS",
@@ -30,7 +30,7 @@ __all__ = [
     "ByteTokenizer",
     "EpochExamples",
     "ExampleConfig",
-    "Tokenizer",
+    "TokenizerLike",
     "View",
     "augment",
     "default_buckets",

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from jlm.data.tokenizer import Tokenizer
+from jlm.data.tokenizer import TokenizerLike
 from jlm.formats.prompts import build_prompt
 from jlm.formats.records import JudgeSample
 
@@ -160,7 +160,7 @@ def augment(sample: JudgeSample, rng: np.random.Generator, config: ExampleConfig
 
 def make_example(
     sample: JudgeSample,
-    tokenizer: Tokenizer,
+    tokenizer: TokenizerLike,
     rng: np.random.Generator | int,
     config: ExampleConfig = ExampleConfig(),
 ) -> dict[str, Any]:
@@ -205,7 +205,7 @@ def make_example(
     }
 
 
-def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
+def _encode(tokenizer: TokenizerLike, text: str) -> list[int]:
     """Ids with BOS as the tokenizer says, without the EOS that some tokenizers append (`add_eos`)."""
     ids = tokenizer.encode(text)
     if getattr(tokenizer, "add_eos", False) and ids and ids[-1] == tokenizer.eos_id:
@@ -213,7 +213,7 @@ def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
     return ids
 
 
-def _length(view: View, tokenizer: Tokenizer) -> int:
+def _length(view: View, tokenizer: TokenizerLike) -> int:
     return len(_encode(tokenizer, view.prompt() + view.target())) + 1  # + EOS
 
 
@@ -250,7 +250,7 @@ def _removed(view: View, field: str, cap: int) -> int:
     return max(0, _field_size(view, field) - cap)
 
 
-def fit_view(view: View, tokenizer: Tokenizer, max_len: int, qid: Any = None, *,
+def fit_view(view: View, tokenizer: TokenizerLike, max_len: int, qid: Any = None, *,
              floor: int = 512, slack: int = 8) -> tuple[View, tuple[str, ...]]:
     """Shorten the view's fields until prompt + target + EOS fit in max_len tokens.
 
@@ -280,7 +280,7 @@ def fit_view(view: View, tokenizer: Tokenizer, max_len: int, qid: Any = None, *,
     raise ValueError(f"question_id {qid!r}: the prompt skeleton and score line alone exceed max_len={max_len}")
 
 
-def _fit_cap(view: View, field: str, size: int, size_len: int, tokenizer: Tokenizer, max_len: int,
+def _fit_cap(view: View, field: str, size: int, size_len: int, tokenizer: TokenizerLike, max_len: int,
              slack: int, floor: int = 0) -> int | None:
     """A cap c in [floor, size) that fits, within `slack` tokens of the limit (or the largest that fits);
     None if even cap `floor` does not fit. Regula falsi (Illinois) on (characters removed -> tokens)."""
@@ -322,7 +322,7 @@ def _fit_cap(view: View, field: str, size: int, size_len: int, tokenizer: Tokeni
 
 def epoch_summary(
     samples: Sequence[JudgeSample],
-    tokenizer: Tokenizer,
+    tokenizer: TokenizerLike,
     config: ExampleConfig = ExampleConfig(),
     *,
     seed: int = 0,

@@ -30,7 +30,7 @@ import grain.experimental as grain_exp
 import numpy as np
 
 from jlm.data.examples import ExampleConfig, epoch_rng, make_example
-from jlm.data.tokenizer import Tokenizer
+from jlm.data.tokenizer import TokenizerLike
 from jlm.formats.records import JudgeSample
 
 BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
@@ -59,7 +59,7 @@ class EpochExamples(grain.MapDataset):
     def __init__(
         self,
         samples: Sequence[JudgeSample],
-        tokenizer: Tokenizer,
+        tokenizer: TokenizerLike,
         config: ExampleConfig = ExampleConfig(),
         *,
         seed: int = 0,
@@ -228,7 +228,7 @@ def _packed_to_batch(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def train_dataset(
     samples: Sequence[JudgeSample],
-    tokenizer: Tokenizer,
+    tokenizer: TokenizerLike,
     *,
     batch_size: int,
     config: ExampleConfig = ExampleConfig(),

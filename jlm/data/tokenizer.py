@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 
 
 @runtime_checkable
-class Tokenizer(Protocol):
+class TokenizerLike(Protocol):
     """`encode` adds BOS when `add_bos` says so (None: the tokenizer's own default, `self.add_bos`); never EOS."""
 
     bos_id: int

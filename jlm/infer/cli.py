@@ -28,7 +28,7 @@ from jlm.formats.records import FormatError, drop_partial_last_line, iter_jsonl
 
 
 # ------------------------------------------------------------------------------------------- input
-def read_samples(path: str | Path, n_answers: int = 2) -> list[tuple[int, dict]]:
+def read_judge_input(path: str | Path, n_answers: int = 2) -> list[tuple[int, dict]]:
     """(line, record) for each input line; every problem names the file, line and field."""
     out, seen = [], {}
     for line, rec in iter_jsonl(path):
@@ -255,7 +255,7 @@ def _run(argv, prog: str, mode: str | None, judge=None) -> int:
     if _same_file(args.input, args.output):
         ap.error(f"--output is the input file {args.input}; the results go to another file")
     swap = getattr(args, "swap", False)
-    samples = read_samples(args.input)
+    samples = read_judge_input(args.input)
     if not samples:
         print(f"{args.input} has no samples: nothing to judge", file=sys.stderr)
         return 0
@@ -387,7 +387,7 @@ def chat_main(argv: list[str], *, judge=None, stdin=None, stdout=None) -> int:
     stdin = sys.stdin if stdin is None else stdin
     stdout = sys.stdout if stdout is None else stdout
 
-    samples = read_samples(args.input)
+    samples = read_judge_input(args.input)
     line_of = {r["question_id"]: line for line, r in samples}
     if args.question_id is not None:
         found = [rec for _, rec in samples if str(rec["question_id"]) == args.question_id]

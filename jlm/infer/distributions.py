@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from jlm.formats.prompts import APPENDIX, APPENDIX_SINGLE
-from jlm.infer.engine import CandidateTree
+from jlm.infer.engine import CandidateTree, token_table
 
 SCORES = tuple(range(1, 11))  # JudgeLM's scale
 
@@ -42,14 +42,7 @@ def candidate_tokens(tokenizer, context: str, text: str) -> list[int]:
 
 def line_end_set(tokenizer, vocab_size: int, eos_ids: Sequence[int | None] = ()) -> np.ndarray:
     """Tokens that may end a score line: any token whose text starts with "\\n", and EOS."""
-    table = np.zeros(vocab_size, bool)
-    for i in range(min(vocab_size, tokenizer.vocab_size)):
-        if tokenizer.decode([i], skip_special_tokens=True).startswith("\n"):
-            table[i] = True
-    for i in (tokenizer.eos_id, *eos_ids):
-        if i is not None and 0 <= i < vocab_size:
-            table[i] = True
-    return table
+    return token_table(tokenizer, vocab_size, lambda text: text.startswith("\n"), eos_ids)
 
 
 def build_tree(sequences: Sequence[Sequence[int]], final_set: np.ndarray) -> CandidateTree:

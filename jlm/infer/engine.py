@@ -165,14 +165,18 @@ def stop_table(tokenizer, kind: str, vocab_size: int, extra_eos: Sequence[int | 
     """
     if kind not in ("eos", "newline"):
         raise ValueError(f"stop kind must be 'eos' or 'newline', got {kind!r}")
+    return token_table(tokenizer, vocab_size, (lambda text: "\n" in text) if kind == "newline" else None, extra_eos)
+
+
+def token_table(tokenizer, vocab_size: int, text_test=None, eos_ids: Sequence[int | None] = ()) -> np.ndarray:
+    """Boolean [vocab_size] table: the EOS ids, and every token whose decoded text passes `text_test`."""
     table = np.zeros(vocab_size, bool)
-    for i in (tokenizer.eos_id, *extra_eos):
+    if text_test is not None:
+        for i in range(min(vocab_size, tokenizer.vocab_size)):
+            table[i] = text_test(tokenizer.decode([i], skip_special_tokens=True))
+    for i in (tokenizer.eos_id, *eos_ids):
         if i is not None and 0 <= i < vocab_size:
             table[i] = True
-    if kind == "newline":
-        for i in range(min(vocab_size, tokenizer.vocab_size)):
-            if "\n" in tokenizer.decode([i], skip_special_tokens=True):
-                table[i] = True
     return table
 
 

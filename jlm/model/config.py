@@ -141,7 +141,7 @@ def _rope(raw: Mapping[str, Any], source: str) -> tuple[float, float]:
 # Shapes of the released JudgeLM checkpoints (LLaMA-1 / Vicuna v1.3), for random-weight benchmarks
 # and memory plans. Real checkpoints always use the config they ship with.
 _LLAMA1 = dict(vocab_size=32000, rms_norm_eps=1e-6, max_position_embeddings=2048, pad_token_id=0)
-PRESETS: dict[str, LlamaConfig] = {
+MODEL_SHAPES: dict[str, LlamaConfig] = {
     "judgelm-7b": LlamaConfig(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
                               num_kv_heads=32, head_dim=128, **_LLAMA1),
     "judgelm-13b": LlamaConfig(hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from jlm.checkpoint.export import FLOAT_DTYPES
-from jlm.model.config import PRESETS as MODEL_SHAPES
+from jlm.model.config import MODEL_SHAPES
 from jlm.model.spec import REMAT_NAMES, parse_remat
 
 
@@ -25,7 +25,7 @@ class TrainConfig:
     # ------------------------------------------------------------------------------ model
     model: str | None = None  # base checkpoint: HF dir, .safetensors, .gguf, or "smollm2"
     init: str = "checkpoint"  # "checkpoint" (load `model`) or "random" (a `model_shape`, for dry runs/benchmarks)
-    model_shape: str | None = None  # a jlm.model.config.PRESETS name; used by init=random and memory plans
+    model_shape: str | None = None  # a jlm.model.config.MODEL_SHAPES name; used by init=random and memory plans
     tokenizer: str | None = None  # default: the model path
     # ------------------------------------------------------------------------------- data
     train_data: tuple[str, ...] = ()  # JudgeLM-format JSONL files (jlm.formats.read_judgelm)

@@ -10,11 +10,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jlm.data import ExampleConfig, train_dataset
+from jlm.data import BATCH_KEYS, ExampleConfig, train_dataset
 from jlm.formats.records import read_judgelm
 from jlm.train.config import TrainConfig, TrainConfigError
 
-BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions", "target_index")
+STEP_KEYS = (*BATCH_KEYS, "target_index")  # what a train step reads: the pipeline's batch + the loss positions
 
 
 def target_index(loss_mask: np.ndarray) -> np.ndarray:
@@ -65,7 +65,7 @@ class HostRows:
         self.it.set_state(state)
 
 
-def read_samples(paths: Sequence[str]) -> list:
+def read_train_samples(paths: Sequence[str]) -> list:
     """Judge samples of JudgeLM-format JSONL files (records with judgement "error" are dropped)."""
     if not paths:
         raise TrainConfigError("no training data: set train_data (JudgeLM-format JSONL files)")
@@ -95,7 +95,7 @@ def check_batch(batch: dict[str, np.ndarray], vocab_size: int, packing: bool) ->
     """Host-side checks that would otherwise fail silently on device (JAX clamps bad gather indices)."""
     missing = [k for k in ("input_ids", "targets", "loss_mask") if k not in batch]
     if missing:
-        raise ValueError(f"batch lacks {missing}; expected keys {BATCH_KEYS}")
+        raise ValueError(f"batch lacks {missing}; expected keys {STEP_KEYS}")
     hi = max(int(batch["input_ids"].max()), int(batch["targets"].max()))
     if hi >= vocab_size:
         raise ValueError(f"token id {hi} >= the model's vocab_size {vocab_size}: tokenizer and model do not match")

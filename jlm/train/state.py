@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jlm.checkpoint import read_config
 from jlm.checkpoint.paths import resolve_model_path
-from jlm.model.config import PRESETS as MODEL_SHAPES, LlamaConfig
+from jlm.model.config import MODEL_SHAPES, LlamaConfig
 from jlm.model.llama import Block, Llama, LoRA, LoRAParam
 from jlm.model.load import abstract_model, load_model
 from jlm.model.sharding import logical_to_spec, make_mesh, named_sharding

@@ -24,7 +24,7 @@ from jlm.model.load import save_adapter, save_pretrained
 from jlm.tokenizer import load_tokenizer
 from jlm.train.checkpoint import Checkpointer, existing_steps, same_run_fields
 from jlm.train.config import TrainConfig, TrainConfigError, steps_for
-from jlm.train.data import check_batch, judge_batches, read_samples, with_target_index
+from jlm.train.data import check_batch, judge_batches, read_train_samples, with_target_index
 from jlm.train.monitor import RunLog, step_flops, peak_tflops, plot_loss, read_log
 from jlm.train.optim import lr_schedule, make_optimizer
 from jlm.train.state import (Setup, TrainState, count_params, init_state, load_weights, make_setup,
@@ -78,7 +78,7 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
     # ------------------------------------------------------------------------------ data
     if batches is None:
         if samples is None:
-            samples = read_samples(cfg.train_data)
+            samples = read_train_samples(cfg.train_data)
         if tokenizer is None:
             src = cfg.tokenizer or cfg.model
             if src is None:
