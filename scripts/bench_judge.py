@@ -109,7 +109,7 @@ def run(eng, ps, new, profile=False):
         eng.generate(ps, max_new=new, stop=no_stop, min_new=new)
         return time.perf_counter() - t, []
     rows_log, t0 = [], time.perf_counter()
-    for rows in eng.plan([len(p) for p in ps], reserve=new):  # generate's plan, so warmup compiled it
+    for rows in eng.planner.plan([len(p) for p in ps], reserve=new):  # generate's plan, so warmup compiled it
         t = time.perf_counter()
         batch = eng.prefill(ps, rows, reserve=new)
         jax.block_until_ready(batch.cache)
@@ -208,7 +208,7 @@ def main():
         tokens = sum(map(len, ps)) + n * new
         mean_len = sum(map(len, ps)) / n
         ceiling = PEAK_TFLOPS * 1e12 / (flops_tok * (mean_len + new))
-        plan = eng.planner.stats([len(p) for p in ps], eng.plan([len(p) for p in ps], reserve=new), reserve=new)
+        plan = eng.planner.stats([len(p) for p in ps], eng.planner.plan([len(p) for p in ps], reserve=new), reserve=new)
         rec = dict(event="run", n=n, batch=a.batch, new_tokens=new, prompt_tokens=sum(map(len, ps)),
                    plan_padding=round(plan["padding"], 4), plan_batches=plan["batches"], plan_shapes=plan["shapes"],
                    programs=compiled, compile_s=round(t_compile, 1), first_pass_s=round(cold, 3),

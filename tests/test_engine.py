@@ -195,9 +195,9 @@ def test_warmup_compiles_every_shape_the_plan_runs(model, eng8, prompts):
     eng = Engine(model, mesh=one_device(), batch_size=8, bucket_step=8)
     # a cheap batch overhead makes the planner use several row counts on these 8 prompts
     eng.planner = dataclasses.replace(eng.planner, weight_rows=1.0)
-    plan = eng.plan(lengths, reserve=6)
-    assert len({(eng.batch_bucket(len(b)), eng.bucket(max(lengths[r] for r in b))) for b in plan}) > 2
-    assert len({eng.batch_bucket(len(b)) for b in plan}) > 1
+    plan = eng.planner.plan(lengths, reserve=6)
+    assert len({(eng.planner.batch_bucket(len(b)), eng.planner.bucket(max(lengths[r] for r in b))) for b in plan}) > 2
+    assert len({eng.planner.batch_bucket(len(b)) for b in plan}) > 1
     compiled = eng.warmup(lengths, reserve=6, max_new=(6,))
     assert compiled == len(eng._exe)
     before = set(eng._exe)
@@ -309,7 +309,7 @@ def test_tree_logprobs_match_full_forward(model, prompts, full_forward):
 def test_bad_requests_fail_clearly(model):
     eng = Engine(model, mesh=one_device(), batch_size=2)
     with pytest.raises(ValueError, match="at least one token"):
-        eng.plan([3, 0])
+        eng.planner.plan([3, 0])
     with pytest.raises(ValueError, match="exceed batch_size"):
         eng.prefill([[4, 5]] * 3, [0, 1, 2], reserve=4)
     batch = eng.prefill([[4, 5]], [0], reserve=4)

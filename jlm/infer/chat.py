@@ -57,7 +57,7 @@ class JudgeChat:
         ids = self.tokenizer.encode(prompt)
         limit = judge.cfg.max_position_embeddings
         context = min(limit, 2048) if context is None else min(context, limit)
-        length = self.engine.bucket(len(ids))
+        length = self.engine.planner.bucket(len(ids))
         if length + score_budget(judge.score_tokens, len(item.answers)) >= context:
             raise ValueError(f"the judging prompt has {len(ids)} tokens; it does not fit a {context}-token chat "
                              "context (pass a larger context=, up to the model's "

@@ -256,7 +256,7 @@ class Judge:
             reserve = max(reserve, max(self._tree(m).tree.size for m in set(modes) if m in ("pair", "single")))
         out = _Results(items, modes, on_result)
         jobs = self._jobs(out, reserve, swap, distributions, on_overflow)
-        for rows in self.engine.plan([len(j.ids) for j in jobs], reserve=reserve) if jobs else []:
+        for rows in self.engine.planner.plan([len(j.ids) for j in jobs], reserve=reserve) if jobs else []:
             # rows are job indices, which also seed sampling: results do not depend on batching
             self._run_batch(out, jobs, rows, reserve=reserve, line_budget=line_budget, reasons=reasons,
                             distributions=distributions, sampling=sampling)

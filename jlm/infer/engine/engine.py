@@ -1,33 +1,5 @@
-"""Batched decoding engine: bucketed prefill, an on-device decode loop, tree scoring, kept caches.
-
-How a list of prompts is run (docs/design.md, "KV-cache decoding"):
-
-1. Prompts are sorted by length (longest first, so the largest buffers are made first) and cut
-   into runs of at most `batch_size` (`Planner`). Each batch is left-padded to a length bucket (a
-   multiple of `bucket_step`) and its rows to `batch_size` or a power-of-two fraction of it, so a
-   long run compiles a handful of programs, never one per batch. Where the cuts go is chosen to
-   minimise a model of device time: a batch is cut where the length bucket changes when the padding
-   saved outweighs one more batch's decode steps.
-2. One jitted prefill writes every prompt token except the last into a fresh KV cache. The last
-   token stays *pending*: the first decode step feeds it. So a batch's state is always the same
-   pair (cache, pending token per row), whether it has just been prefilled, has decoded a score
-   line, or is continuing with reasons; continuing never runs the prompt again.
-3. Decoding is one jitted `lax.while_loop` with the cache donated: per-row `active` flags, a
-   fixed [B, max_new] output buffer, per-row stop = a boolean table over the vocabulary (EOS, or
-   any token whose text holds a newline in scores-only mode). The loop exits when every row is
-   done; there is no host round trip per token. A row's stopping token is not fed (it becomes the
-   row's pending token), and finished rows write only masked-out cache slots, so a later call can
-   continue any subset of rows exactly where each stopped.
-4. Tree scoring runs many candidate continuations of every row (e.g. all score lines "1 1\\n" ..
-   "10 10\\n") in one call, each token attending only to its own ancestors (`chunk_mask`), then
-   restores the cache so decoding can follow.
-
-Data parallel: the batch is split over the mesh's data (and fsdp) axes, the model replicated; on a
-mesh with a tensor axis the weights and the cache are sharded over heads / MLP (sharding.RULES).
-Greedy results do not depend on the batch size, a row's batch mates or the device count: every
-row's computation is the same up to float reassociation, and sampling keys come from the sample's
-own index (sampling.py).
-"""
+"""The engine's host side: batches in flight, stop tables, candidate trees, and `Engine`, which places
+the weights, compiles the programs (programs.py) per shape and runs them (package docstring)."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -41,7 +13,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from jlm.infer.sampling import GREEDY, Sampling, next_token, row_keys
+from jlm.infer.engine import programs
+from jlm.infer.engine.planner import Planner
+from jlm.infer.sampling import GREEDY, Sampling, row_keys
 from jlm.model.config import LlamaConfig
 from jlm.model.llama import KVCache, Llama
 from jlm.model.sharding import logical_to_spec, make_mesh
@@ -50,102 +24,6 @@ from jlm.model.spec import cache_specs
 # logical axes of the per-row inputs (the cache's are in spec.cache_specs; sharding.RULES maps both)
 _ROW_AXES = ("act_batch",)
 _TOKENS_AXES = ("act_batch", None)
-
-# The accelerator's matmul rate over its memory bandwidth, in FLOP per byte: the planner's one hardware
-# constant. 800 TFLOP/s over 3.0 TB/s, both measured on the H100 of docs/benchmarks.md (an A100 or a
-# TPU v5e is within 2x of it). It says how many prefilled token-rows one byte read is worth.
-FLOP_PER_BYTE = 800 / 3.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Planner:
-    """Cuts prompts into device batches (the module docstring's point 1), with no model needed.
-
-    Prompts are sorted longest first and cut into runs; a run of k prompts is prefilled as
-    `batch_bucket(k)` rows left-padded to `bucket(longest)` tokens. The cuts minimise this model of a
-    batch's device time, in token-rows (prefilling one token of one row, 2 x parameters FLOPs):
-
-        rows x length                                   prefill, padding included (compute bound)
-        + steps x weight_rows                           every decode step reads all the weights ...
-        + steps x rows x (length + steps) x slot_rows   ... and every cache slot of every row
-
-    where steps = the slots reserved after the prompts (the tokens to decode). weight_rows and
-    slot_rows are bytes read x FLOP_PER_BYTE / (FLOPs of a token-row), from the model config
-    (`for_model`): 267 and 0.010 for a bf16 7B model on one device. A dynamic programme over the
-    sorted lengths finds the cheapest cuts exactly, in O(n x batch_size). A smaller batch costs a
-    whole batch's decode steps, so it only appears where it saves more padding than that, which also
-    keeps the number of (rows, length) programs small.
-    """
-    batch_size: int
-    bucket_step: int = 64
-    dp: int = 1  # data-parallel devices: row counts stay multiples of it
-    weight_rows: float = 0.0  # one read of the weights, in token-rows
-    slot_rows: float = 0.0  # one read of one row's cache slot, in token-rows
-
-    def __post_init__(self):
-        if self.bucket_step < 1:
-            raise ValueError(f"bucket_step must be >= 1, got {self.bucket_step}")
-        if self.batch_size < self.dp or self.batch_size % self.dp:
-            raise ValueError(f"batch_size={self.batch_size} must be a multiple of the {self.dp} data-parallel devices")
-
-    @classmethod
-    def for_model(cls, cfg: LlamaConfig, *, batch_size: int, bucket_step: int = 64, dp: int = 1,
-                  param_bytes: float = 2, cache_bytes: float = 2) -> "Planner":
-        """The cost model of `cfg` with weights of `param_bytes` and a KV cache of `cache_bytes` per value."""
-        row_flops = 2 * cfg.num_params
-        slot_bytes = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * cache_bytes  # K and V
-        # a batch's rows are split over the dp devices, but each of them reads all the weights
-        return cls(batch_size, bucket_step, dp,
-                   weight_rows=dp * cfg.num_params * param_bytes * FLOP_PER_BYTE / row_flops,
-                   slot_rows=slot_bytes * FLOP_PER_BYTE / row_flops)
-
-    def bucket(self, n: int) -> int:
-        """Padded prefill length for a prompt of n tokens (the last one is fed by decoding)."""
-        return max(self.bucket_step, math.ceil(max(n - 1, 1) / self.bucket_step) * self.bucket_step)
-
-    def batch_bucket(self, n: int) -> int:
-        """Rows of the device batch for n prompts: batch_size, or a power-of-two fraction of it."""
-        b = self.batch_size
-        while b // 2 >= n and (b // 2) % self.dp == 0 and b // 2 >= self.dp:
-            b //= 2
-        return b
-
-    def cost(self, rows, length, reserve: int):
-        """The model's device time of a batch, in token-rows (works on numpy arrays too)."""
-        steps = max(int(reserve), 1)
-        return rows * length + steps * (self.weight_rows + rows * (length + steps) * self.slot_rows)
-
-    def plan(self, lengths: Sequence[int], reserve: int = 1) -> list[np.ndarray]:
-        """Indices of the prompts in each batch, longest first, for prompts that will each keep
-        `reserve` cache slots (what `Engine.prefill` is given: the tokens to decode)."""
-        lengths = np.asarray(lengths, np.int64)
-        if len(lengths) and lengths.min() < 1:
-            raise ValueError("every prompt needs at least one token")
-        order = np.argsort(-lengths, kind="stable")
-        n, step = len(order), self.bucket_step
-        padded = np.maximum(step, -(-np.maximum(lengths[order] - 1, 1) // step) * step)  # bucket() of each
-        rows = np.array([0] + [self.batch_bucket(k) for k in range(1, self.batch_size + 1)])
-        best = np.zeros(n + 1)  # best[j]: the cheapest plan for the j longest prompts ...
-        start = np.zeros(n + 1, np.int64)  # ... whose last batch is sorted[start[j]:j]
-        for j in range(1, n + 1):
-            k = np.arange(min(self.batch_size, j), 0, -1)  # largest first: a tie keeps fewer batches
-            total = best[j - k] + self.cost(rows[k], padded[j - k], reserve)
-            m = int(np.argmin(total))
-            best[j], start[j] = total[m], j - k[m]
-        cuts = [n]
-        while cuts[-1] > 0:
-            cuts.append(int(start[cuts[-1]]))
-        cuts.reverse()
-        return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
-
-    def stats(self, lengths: Sequence[int], batches: Sequence[Sequence[int]], reserve: int = 1) -> dict:
-        """A plan's padding (share of the prefilled token-rows that are not prompt tokens, filler rows
-        included), batches, distinct (rows, length) program shapes, and cost in token-rows."""
-        shapes = [(self.batch_bucket(len(b)), self.bucket(max(lengths[r] for r in b))) for b in batches]
-        cells = sum(r * n for r, n in shapes)
-        real = sum(int(lengths[r]) for b in batches for r in b)
-        return dict(padding=1 - real / max(cells, 1), batches=len(batches), shapes=len(set(shapes)),
-                    cost=float(sum(self.cost(r, n, reserve) for r, n in shapes)))
 
 
 def default_mesh(tensor: int = 1, devices=None) -> jax.sharding.Mesh:
@@ -317,90 +195,34 @@ class Engine:
         return self._memo[stop]
 
     # ----------------------------------------------------------------------------- compiling
+    def _prefill(self, size: int):
+        return programs.prefill(self.graphdef, self.cfg, size, self.cache_dtype, self._constrain_cache)
+
+    def _decode(self, max_new: int, greedy: bool):
+        return programs.decode(self.graphdef, max_new, greedy, self._constrain_cache)
+
+    @staticmethod
+    def _signature(name: str, static: tuple, args: tuple) -> tuple:
+        return name, static, tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(args))
+
+    def _compile(self, fn: Callable, args: tuple, donate: tuple = ()):
+        with jax.set_mesh(self.mesh):  # the model's activation constraints need the mesh
+            return jax.jit(fn, donate_argnums=donate).lower(*self._abstract(args)).compile()
+
     def _compiled(self, name: str, fn: Callable, static: tuple, args: tuple, donate: tuple = ()):
-        """One AOT-compiled executable per (function, static arguments, argument shapes)."""
-        sig = tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(args))
-        key = (name, static, sig)
-        exe = self._exe.get(key)
-        if exe is None:
-            with jax.set_mesh(self.mesh):  # the model's activation constraints need the mesh
-                exe = jax.jit(fn, donate_argnums=donate).lower(*self._abstract(args)).compile()
-            self._exe[key] = exe
-        return exe
+        """One AOT-compiled executable per (program, static arguments, argument shapes)."""
+        key = self._signature(name, static, args)
+        if key not in self._exe:
+            self._exe[key] = self._compile(fn, args, donate)
+        return self._exe[key]
 
-    # ------------------------------------------------------------------------------ programs
-    def _prefill_fn(self, size: int):
-        graphdef, cfg, dtype = self.graphdef, self.cfg, self.cache_dtype
-
-        def prefill(state, ids, mask):
-            model = nnx.merge(graphdef, state)
-            cache = self._constrain_cache(KVCache.init(cfg, ids.shape[0], size, dtype))
-            out = model(ids, mask, cache=cache, cache_empty=True, logits=False)
-            return self._constrain_cache(out.cache)
-        return prefill
-
-    def _decode_fn(self, max_new: int, greedy: bool):
-        graphdef = self.graphdef
-
-        def decode(state, cache, pending, active, keys, generated, stop, min_new, temperature, top_k, top_p):
-            model = nnx.merge(graphdef, state)
-            b = pending.shape[0]
-
-            def cond(c):
-                return (c[5] < max_new) & jnp.any(c[2])
-
-            def body(c):
-                cache, pending, active, tokens, count, step = c
-                out = model(pending[:, None], active[:, None], cache=cache, logits="last")
-                tok = next_token(out.logits[:, 0], greedy=greedy, keys=keys, steps=generated + count,
-                                 temperature=temperature, top_k=top_k, top_p=top_p)
-                tok = jnp.where(active, tok, 0)
-                tokens = jax.lax.dynamic_update_slice_in_dim(tokens, tok[:, None], step, axis=1)
-                count = count + active.astype(jnp.int32)
-                stopping = active & stop[tok] & (count >= min_new)
-                pending = jnp.where(active, tok, pending)
-                return (self._constrain_cache(out.cache), pending, active & ~stopping, tokens, count, step + 1)
-
-            init = (cache, pending, active, jnp.zeros((b, max_new), jnp.int32), jnp.zeros((b,), jnp.int32),
-                    jnp.zeros((), jnp.int32))
-            cache, pending, active, tokens, count, steps = jax.lax.while_loop(cond, body, init)
-            return cache, pending, active, tokens, count, steps
-        return decode
-
-    def _tree_fn(self, tree_static):
-        graphdef = self.graphdef
-        depth, anc, edge_node, edge_tok, edge_valid, final_node, nodes = tree_static
-
-        def score(state, cache, pending, active, final_set):
-            model = nnx.merge(graphdef, state)
-            b, t = pending.shape[0], len(nodes)
-            ids = jnp.concatenate([pending[:, None], jnp.broadcast_to(jnp.asarray(nodes[1:]), (b, t - 1))], axis=1)
-            positions = cache.next_pos[:, None] + jnp.asarray(depth)[None]
-            mask = jnp.broadcast_to(active[:, None], (b, t))
-            out = model(ids, mask, positions=positions, cache=cache, chunk_mask=jnp.asarray(anc), logits=True)
-            logp = jax.nn.log_softmax(out.logits, axis=-1)  # [B, T, V]
-            edges = logp[:, jnp.asarray(edge_node), jnp.asarray(edge_tok)]  # [B, C, E]
-            edges = jnp.sum(jnp.where(jnp.asarray(edge_valid)[None], edges, 0.0), axis=-1)
-            final = logp[:, jnp.asarray(final_node)]  # [B, C, V]
-            final = jax.nn.logsumexp(jnp.where(final_set[None, None], final, -jnp.inf), axis=-1)
-            # the tree's slots are junk now: hide them and rewind, so decoding starts where it was
-            restored = out.cache.replace(valid=cache.valid, index=cache.index, next_pos=cache.next_pos)
-            return self._constrain_cache(restored), edges + final
-        return score
-
-    # ------------------------------------------------------------------------------ planning
-    def bucket(self, n: int) -> int:
-        """Padded prefill length for a prompt of n tokens (the last one is fed by decoding)."""
-        return self.planner.bucket(n)
-
-    def batch_bucket(self, n: int) -> int:
-        """Rows of the device batch for n prompts: batch_size, or a power-of-two fraction of it."""
-        return self.planner.batch_bucket(n)
-
-    def plan(self, lengths: Sequence[int], reserve: int = 1) -> list[np.ndarray]:
-        """Indices of the prompts in each batch (`Planner.plan`); pass the `reserve` that `prefill`
-        will get, so the cost model knows how many decode steps each batch pays for."""
-        return self.planner.plan(lengths, reserve)
+    def _decode_args(self, cache, pending, active: np.ndarray, keys, generated: np.ndarray, table: np.ndarray,
+                     min_new: int, sampling: Sampling) -> tuple:
+        """The decode program's arguments (`cache` may be abstract: warmup compiles from these too)."""
+        return (self.state, cache, pending, self._put(active, _ROW_AXES), keys,
+                self._put(generated.astype(np.int32), _ROW_AXES), self._scalar(table, bool),
+                self._scalar(min_new, np.int32), self._scalar(sampling.temperature, np.float32),
+                self._scalar(sampling.top_k, np.int32), self._scalar(sampling.top_p, np.float32))
 
     # ------------------------------------------------------------------------------- running
     def prefill(self, prompts: Sequence[Sequence[int]], rows: Sequence[int] | np.ndarray, reserve: int) -> Batch:
@@ -409,8 +231,8 @@ class Engine:
         rows = np.asarray(rows, np.int64)
         if len(rows) > self.batch_size:
             raise ValueError(f"{len(rows)} rows exceed batch_size={self.batch_size}")
-        b = self.batch_bucket(len(rows))
-        length = self.bucket(max(len(prompts[r]) for r in rows))
+        b = self.planner.batch_bucket(len(rows))
+        length = self.planner.bucket(max(len(prompts[r]) for r in rows))
         ids = np.zeros((b, length), np.int32)
         mask = np.zeros((b, length), bool)
         pending = np.zeros((b,), np.int32)
@@ -423,7 +245,7 @@ class Engine:
             pending[i] = p[-1]
         size = length + max(int(reserve), 1)
         args = (self.state, self._put(ids, _TOKENS_AXES), self._put(mask, _TOKENS_AXES))
-        exe = self._compiled("prefill", self._prefill_fn(size), (size,), args)
+        exe = self._compiled("prefill", self._prefill(size), (size,), args)
         cache = exe(*args)
         all_rows = np.full((b,), -1, np.int64)
         all_rows[: len(rows)] = rows
@@ -446,15 +268,12 @@ class Engine:
             ids = np.where(batch.rows >= 0, batch.rows, 0)
             batch.keys = self._put_keys(row_keys(sampling.seed, ids))
         keys = batch.keys if batch.keys is not None else self._unused_keys(len(batch.rows))
-        args = (self.state, batch.cache, batch.pending, self._put(active, _ROW_AXES), keys,
-                self._put(batch.generated.astype(np.int32), _ROW_AXES), self._scalar(table, bool),
-                self._scalar(min_new, np.int32), self._scalar(sampling.temperature, np.float32),
-                self._scalar(sampling.top_k, np.int32), self._scalar(sampling.top_p, np.float32))
-        exe = self._compiled("decode", self._decode_fn(max_new, sampling.greedy), (max_new, sampling.greedy),
+        args = self._decode_args(batch.cache, batch.pending, active, keys, batch.generated, table, min_new, sampling)
+        exe = self._compiled("decode", self._decode(max_new, sampling.greedy), (max_new, sampling.greedy),
                              args, donate=(1,))
-        cache, pending, still, tokens, count, steps = exe(*args)
-        batch.cache, batch.pending = cache, pending
-        tokens, count, still, steps = jax.device_get((tokens, count, still, steps))
+        end = exe(*args)
+        batch.cache, batch.pending = end.cache, end.pending
+        tokens, count, still, steps = jax.device_get((end.tokens, end.count, end.active, end.step))
         batch.index += int(steps)
         batch.generated = batch.generated + count
         out: list[Generation | None] = []
@@ -464,14 +283,6 @@ class Engine:
                 continue
             out.append(Generation(tokens=tokens[i, : count[i]].tolist(), finished=not bool(still[i])))
         return out
-
-    def _extend_fn(self):
-        graphdef = self.graphdef
-
-        def extend(state, cache, ids, mask):
-            out = nnx.merge(graphdef, state)(ids, mask, cache=cache, logits=False)
-            return self._constrain_cache(out.cache)
-        return extend
 
     def extend(self, batch: Batch, tokens: Sequence[Sequence[int]]) -> int:
         """Append known tokens to the batch's rows (one list per batch row, [] to leave a row as is),
@@ -500,7 +311,7 @@ class Engine:
                 ids[i, : len(seq)], mask[i, : len(seq)] = seq, True
                 pending[i] = int(t[-1])
         args = (self.state, batch.cache, self._put(ids, _TOKENS_AXES), self._put(mask, _TOKENS_AXES))
-        exe = self._compiled("extend", self._extend_fn(), (), args, donate=(1,))
+        exe = self._compiled("extend", programs.extend(self.graphdef, self._constrain_cache), (), args, donate=(1,))
         batch.cache = exe(*args)
         batch.pending = self._put(pending, _ROW_AXES)
         batch.index += width
@@ -532,7 +343,8 @@ class Engine:
                tree.edge_tok.tobytes(), tree.edge_valid.tobytes(), tree.final_node.tobytes())
         args = (self.state, batch.cache, batch.pending, self._put(batch.real, _ROW_AXES),
                 self._scalar(tree.final_set, bool))
-        exe = self._compiled("tree", self._tree_fn(static), key, args, donate=(1,))
+        exe = self._compiled("tree", programs.tree(self.graphdef, static, self._constrain_cache), key, args,
+                             donate=(1,))
         cache, logp = exe(*args)
         batch.cache = cache
         return np.asarray(jax.device_get(logp), np.float64)
@@ -544,7 +356,7 @@ class Engine:
         """Generate for every prompt (any number); results in input order. `on_batch(rows, gens)`
         is called as each batch finishes."""
         results: list[Generation | None] = [None] * len(prompts)
-        for rows in self.plan([len(p) for p in prompts], reserve=max_new):
+        for rows in self.planner.plan([len(p) for p in prompts], reserve=max_new):
             batch = self.prefill(prompts, rows, reserve=max_new)
             gens = self.decode(batch, max_new=max_new, stop=stop, min_new=min_new, sampling=sampling)
             done = []
@@ -562,35 +374,25 @@ class Engine:
         """Compile, in parallel threads, the prefill and decode programs that running prompts of
         these lengths will need (every shape of `plan(lengths, reserve)`, the plan that `generate`
         with max_new=reserve runs); returns how many were compiled. (XLA compiles outside the GIL.)"""
-        jobs = []
-        for rows in self.plan(lengths, reserve):  # the plan `generate(max_new=reserve)` will run
-            b, length = self.batch_bucket(len(rows)), self.bucket(max(lengths[r] for r in rows))
+        jobs = {}  # signature -> (program, arguments, donated)
+        for rows in self.planner.plan(lengths, reserve):  # the plan `generate(max_new=reserve)` will run
+            b, length = self.planner.batch_bucket(len(rows)), self.planner.bucket(max(lengths[r] for r in rows))
             size = length + max(int(reserve), 1)
-            ids = jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=self._sharding(_TOKENS_AXES, (b, length)))
-            mask = jax.ShapeDtypeStruct((b, length), jnp.bool_, sharding=self._sharding(_TOKENS_AXES, (b, length)))
-            jobs.append(("prefill", self._prefill_fn(size), (size,), (self.state, ids, mask), ()))
+            tokens = jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=self._sharding(_TOKENS_AXES, (b, length)))
+            args = (self.state, tokens, tokens.update(dtype=jnp.bool_))
+            jobs[self._signature("prefill", (size,), args)] = (self._prefill(size), args, ())
             cache = self._abstract(jax.eval_shape(lambda: KVCache.init(self.cfg, b, size, self.cache_dtype)),
                                    self._cache_shardings(b, size))
-            row = lambda dt: jax.ShapeDtypeStruct((b,), dt, sharding=self._sharding(_ROW_AXES, (b,)))
-            keys = jax.eval_shape(lambda: row_keys(0, np.zeros(b, np.int64)))
-            keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=self._sharding(_ROW_AXES, (b,)))
-            scalar = lambda dt, shape=(): jax.ShapeDtypeStruct(shape, dt, sharding=self._replicated)
+            rows0 = np.zeros(b, np.int32)
             for n in max_new:
-                args = (self.state, cache, row(jnp.int32), row(jnp.bool_), keys, row(jnp.int32),
-                        scalar(jnp.bool_, (self.cfg.vocab_size,)), scalar(jnp.int32),
-                        scalar(jnp.float32), scalar(jnp.int32), scalar(jnp.float32))
-                jobs.append(("decode", self._decode_fn(n, greedy), (n, greedy), args, (1,)))
-        seen, unique = set(), []
-        for job in jobs:
-            sig = (job[0], job[2], tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(job[3])))
-            if sig not in seen and sig not in self._exe:
-                seen.add(sig)
-                unique.append((sig, job))
+                args = self._decode_args(cache, self._put(rows0, _ROW_AXES), rows0.astype(bool), self._unused_keys(b),
+                                         rows0, np.zeros(self.cfg.vocab_size, bool), 0, GREEDY)
+                jobs[self._signature("decode", (n, greedy), args)] = (self._decode(n, greedy), args, (1,))
+        unique = [(sig, job) for sig, job in jobs.items() if sig not in self._exe]
 
         def compile_one(item):
-            sig, (name, fn, static, args, donate) = item
-            with jax.set_mesh(self.mesh):
-                return sig, jax.jit(fn, donate_argnums=donate).lower(*self._abstract(args)).compile()
+            sig, (fn, args, donate) = item
+            return sig, self._compile(fn, args, donate)
 
         with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
             for sig, exe in pool.map(compile_one, unique):
