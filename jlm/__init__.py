@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "load_tokenizer", "Judge", "LlamaConfig"]
+__all__ = ["load_model", "load_tokenizer", "Judge", "LlamaConfig", "ModelOptions"]
 
 
 def __getattr__(name):  # lazy: `import jlm` stays cheap for the CLI and the formats/metrics code
@@ -23,4 +23,7 @@ def __getattr__(name):  # lazy: `import jlm` stays cheap for the CLI and the for
     if name == "LlamaConfig":
         from jlm.model.config import LlamaConfig
         return LlamaConfig
+    if name == "ModelOptions":
+        from jlm.model.options import ModelOptions
+        return ModelOptions
     raise AttributeError(f"module 'jlm' has no attribute {name!r}")

@@ -39,7 +39,7 @@ from flax import nnx  # noqa: E402
 
 from jlm.infer.engine import Engine, Planner, default_mesh  # noqa: E402
 from jlm.model.config import MODEL_SHAPES, LlamaConfig  # noqa: E402
-from jlm.model.llama import Llama  # noqa: E402
+from jlm.model.llama import Llama, ModelOptions  # noqa: E402
 
 SHAPES = {
     "7b": MODEL_SHAPES["judgelm-7b"],
@@ -95,7 +95,7 @@ def plan_only(a, cfg):
 
 def build(cfg, dtype, attn):
     t = time.perf_counter()
-    model = Llama(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0), attn_impl=attn)
+    model = Llama(cfg, ModelOptions(dtype=dtype, attn_impl=attn), rngs=nnx.Rngs(0))
     jax.block_until_ready(nnx.state(model))
     return model, time.perf_counter() - t
 

@@ -128,7 +128,7 @@ def check_cudnn(a) -> None:
     from flax import nnx
 
     from jlm.model.config import LlamaConfig
-    from jlm.model.llama import Llama
+    from jlm.model.llama import Llama, ModelOptions
 
     if jax.default_backend() != "gpu":
         print("CHECK " + json.dumps({"skipped": f"no GPU ({jax.default_backend()})"}), flush=True)
@@ -142,7 +142,7 @@ def check_cudnn(a) -> None:
     for name, kw in (("plain", {}), ("packed", {"segment_ids": seg})):
         logits = {}
         for impl in ("xla", "cudnn"):
-            model = Llama(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0), attn_impl=impl)
+            model = Llama(cfg, ModelOptions(dtype=jnp.bfloat16, param_dtype=jnp.float32, attn_impl=impl), rngs=nnx.Rngs(0))
             graphdef, state = nnx.split(model)
             fwd = jax.jit(lambda s, x, g=graphdef, kw=kw: nnx.merge(g, s)(x, **kw).logits)
             logits[impl] = np.asarray(fwd(state, ids))

@@ -50,3 +50,19 @@ def test_rules_drop_axes_that_do_not_divide():
     assert logical_to_spec(("embed", "kv_heads", "head_dim"), (576, 3, 64), mesh) == P("fsdp", None, None)
     assert logical_to_spec(("act_batch", None), (8, 10), make_mesh(2, 4, 1)) == P(("data", "fsdp"), None)
     assert logical_to_spec(("act_batch", None), (2, 10), make_mesh(2, 4, 1)) == P("data", None)
+
+
+def test_an_axis_that_does_not_divide_warns_or_raises_for_weights_and_is_silent_for_activations():
+    from jlm.model.sharding import named_sharding
+    import warnings
+
+    mesh = make_mesh(data=1, fsdp=4, tensor=2)
+    with pytest.warns(UserWarning, match=r"'q_heads' \(size 9\) does not divide over mesh axis 'tensor'"):
+        sh = named_sharding(mesh, ("embed", "q_heads", "head_dim"), (64, 9, 16))  # SmolLM2's 9 heads
+    assert sh.spec == P("fsdp", None, None)  # replicated over tensor, as warned
+    with pytest.raises(ValueError, match="q_heads"):
+        named_sharding(mesh, ("embed", "q_heads", "head_dim"), (64, 9, 16), strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert logical_to_spec(("act_batch", None), (1, 8), mesh) == P(None, None)
+        assert named_sharding(mesh, ("embed", "q_heads", "head_dim"), (64, 8, 16)).spec == P("fsdp", "tensor", None)

@@ -13,7 +13,7 @@ from flax import nnx
 from jlm.checkpoint import iter_tensors, read_config, tensor_shapes
 from jlm.model.config import LlamaConfig
 from jlm.model.hf_layout import hf_shapes, to_hf, to_model
-from jlm.model.llama import KVCache, Llama, LoRA, remat_policy
+from jlm.model.llama import KVCache, Llama, LoRA, ModelOptions, remat_policy
 from jlm.model.spec import REMAT_NAMES, block_specs, cache_specs, lora_specs, top_specs
 from jlm.train.config import TrainConfig, TrainConfigError
 
@@ -44,7 +44,7 @@ def test_hf_layout_round_trips_every_tensor():
 
 def test_the_model_is_built_from_the_spec():
     lora = LoRA(rank=4, targets=("wq", "wo", "w_down"))
-    model = Llama(CFG, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, lora=lora)
+    model = Llama(CFG, ModelOptions(dtype=jnp.bfloat16, lora=lora))
     specs = {**{(k,): s for k, s in top_specs(CFG).items()},
              **{("layers", i, k): s for i in range(CFG.num_layers)
                 for k, s in {**block_specs(CFG), **lora_specs(CFG, lora)}.items()}}
@@ -73,7 +73,7 @@ def test_the_cache_follows_the_spec():
 
 
 def _saved_residuals(remat: str) -> str:
-    model = Llama(CFG, remat=remat)
+    model = Llama(CFG, ModelOptions(remat=remat))
     graphdef, state = nnx.split(model)
     ids = jnp.arange(24).reshape(2, 12) % CFG.vocab_size
 
@@ -97,7 +97,7 @@ def test_bad_remat_names_fail_early():
     with pytest.raises(ValueError, match="save what"):
         remat_policy("save:qery")
     with pytest.raises(ValueError, match="checkpoint_policies"):
-        Llama(CFG, remat="everything")
+        Llama(CFG, ModelOptions(remat="everything"))
     with pytest.raises(TrainConfigError, match="query"):
         TrainConfig(init="random", model_shape="llama-1b", remat="save:qery")
     assert TrainConfig(init="random", model_shape="llama-1b", remat="save:" + ",".join(REMAT_NAMES)).remat

@@ -11,7 +11,7 @@ from flax import nnx
 
 from jlm.model.config import LlamaConfig
 from jlm.model.hf_layout import to_model
-from jlm.model.llama import CausalMask, Llama, attention, causal_attention
+from jlm.model.llama import CausalMask, Llama, ModelOptions, attention, causal_attention
 from jlm.model.load import hf_tensors
 from jlm.model.sharding import make_mesh
 from jlm.train.config import TrainConfig
@@ -292,7 +292,7 @@ def test_cudnn_model_path_routes_through_causal_attention(monkeypatch):
     ids = jnp.asarray(_packed_batch(rows=2, seed=4)["input_ids"])
     seg = jnp.asarray(_packed_batch(rows=2, seed=4)["segment_ids"])
     ref = Llama(TINY, rngs=nnx.Rngs(0))(ids, segment_ids=seg).logits
-    got = Llama(TINY, rngs=nnx.Rngs(0), attn_impl="cudnn")(ids, segment_ids=seg).logits
+    got = Llama(TINY, ModelOptions(attn_impl="cudnn"), rngs=nnx.Rngs(0))(ids, segment_ids=seg).logits
     assert calls and all(c == ("cudnn", True) for c in calls)
     real_tok = np.asarray(seg > 0)
     np.testing.assert_allclose(np.asarray(got)[real_tok], np.asarray(ref)[real_tok], atol=1e-4)

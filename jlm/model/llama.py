@@ -23,10 +23,11 @@ from jax.ad_checkpoint import checkpoint_name
 from jlm.model import masks
 from jlm.model.config import LlamaConfig
 from jlm.model.masks import CausalMask
+from jlm.model.options import ModelOptions
 from jlm.model.sharding import constrain
 from jlm.model.spec import PROJ_EINSUM, ArraySpec, LoRA, block_specs, cache_specs, lora_specs, parse_remat, top_specs
 
-__all__ = ["Block", "CausalMask", "KVCache", "Int8KV", "Llama", "LoRA", "LoRAParam", "ModelOutput"]
+__all__ = ["Block", "CausalMask", "KVCache", "Int8KV", "Llama", "LoRA", "LoRAParam", "ModelOptions", "ModelOutput"]
 
 Array = jax.Array
 # A large finite negative instead of -inf: a fully masked row (a left-pad query) then gets a
@@ -362,13 +363,13 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 # ---------------------------------------------------------------------------------------- block
 class Block(nnx.Module):
-    def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs, lora: LoRA | None = None):
-        self.cfg, self.dtype = cfg, dtype
+    def __init__(self, cfg: LlamaConfig, options: ModelOptions, *, rngs: nnx.Rngs):
+        self.cfg, self.dtype, lora = cfg, options.dtype, options.lora
         for name, spec in block_specs(cfg).items():
-            setattr(self, name, _param(rngs, spec, param_dtype))
+            setattr(self, name, _param(rngs, spec, options.storage_dtype))
         self.lora_scale = 0.0 if lora is None else lora.alpha / lora.rank
         for name, spec in ({} if lora is None else lora_specs(cfg, lora)).items():
-            setattr(self, name, _param(rngs, spec, param_dtype, kind=LoRAParam))
+            setattr(self, name, _param(rngs, spec, options.storage_dtype, kind=LoRAParam))
 
     def proj(self, name: str, x: Array) -> Array:
         spec = PROJ_EINSUM[name]
@@ -424,36 +425,33 @@ class Block(nnx.Module):
 
 # ---------------------------------------------------------------------------------------- model
 class Llama(nnx.Module):
-    """LLaMA decoder. `dtype` is the compute dtype, `param_dtype` the storage dtype of weights.
+    """LLaMA decoder: what it is from `cfg` (the checkpoint's config), how it runs from `options`
+    (jlm/model/options.py: compute and storage dtypes, attention kernel, remat policy, scanned
+    layers, LoRA).
 
-    `remat` names a `jax.checkpoint_policies` entry (e.g. "nothing_saveable",
-    "dots_with_no_batch_dims_saveable"), or "save:query,key,value" (any of spec.REMAT_NAMES, the
-    activations each block tags), to recompute each block in the backward pass; None keeps every
-    activation.
-
+    `remat` recomputes each block in the backward pass, keeping what the policy names (e.g.
+    "nothing_saveable", or "save:query,key,value" from the activations each block tags).
     `attn_impl="cudnn"` runs cache-free calls (training, scoring) through `causal_attention`, so
-    cuDNN flash attention sees `is_causal` instead of a dense mask.
-
-    `scan_layers=True` runs cache-free calls without attention probabilities as one
-    `lax.scan` over the layers: compile time no longer grows with depth. The weights stay one
-    module per layer (checkpoints, LoRA and export are unchanged); compute-dtype copies are
-    stacked inside the call, which costs one extra pass over the weights per call.
+    cuDNN flash attention sees `is_causal` instead of a dense mask. `scan_layers` runs cache-free
+    calls without attention probabilities as one `lax.scan` over the layers: compile time no
+    longer grows with depth. The weights stay one module per layer (checkpoints, LoRA and export
+    are unchanged); compute-dtype copies are stacked inside the call, one extra pass over the
+    weights per call.
     """
 
-    def __init__(self, cfg: LlamaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs | None = None, lora: LoRA | None = None, attn_impl: str = "xla",
-                 remat: str | None = None, scan_layers: bool = False):
+    def __init__(self, cfg: LlamaConfig, options: ModelOptions | None = None, *, rngs: nnx.Rngs | None = None):
+        options = ModelOptions() if options is None else options
         rngs = rngs if rngs is not None else nnx.Rngs(0)
-        self.cfg, self.dtype, self.attn_impl, self.remat = cfg, dtype, attn_impl, remat
-        self.scan_layers = scan_layers
-        if remat is not None:
-            remat_policy(remat)  # fail here, not at the first call
-        top = top_specs(cfg)
-        self.embed = _param(rngs, top["embed"], param_dtype)
-        self.layers = nnx.List([Block(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, lora=lora)
-                                for _ in range(cfg.num_layers)])
-        self.norm = _param(rngs, top["norm"], param_dtype)
-        self.lm_head = _param(rngs, top["lm_head"], param_dtype) if "lm_head" in top else None
+        self.cfg, self.options = cfg, options
+        self.dtype, self.attn_impl, self.remat = options.dtype, options.attn_impl, options.remat
+        self.scan_layers = options.scan_layers
+        if options.remat is not None:
+            remat_policy(options.remat)  # fail here, not at the first call
+        top, storage = top_specs(cfg), options.storage_dtype
+        self.embed = _param(rngs, top["embed"], storage)
+        self.layers = nnx.List([Block(cfg, options, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.norm = _param(rngs, top["norm"], storage)
+        self.lm_head = _param(rngs, top["lm_head"], storage) if "lm_head" in top else None
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
                  positions: Array | None = None, segment_ids: Array | None = None,

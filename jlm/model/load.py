@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -26,7 +25,8 @@ from jlm.checkpoint.peft import AdapterConfig, iter_adapter_tensors, read_adapte
 from jlm.checkpoint.peft import write_adapter
 from jlm.model.config import LlamaConfig
 from jlm.model.hf_layout import HF_PROJ, WeightError, check_complete, check_tensor, hf_name, hf_shapes, to_hf, to_model
-from jlm.model.llama import Llama, LoRA, LoRAParam, initial_value
+from jlm.model.llama import Llama, LoRAParam, initial_value
+from jlm.model.options import ModelOptions
 from jlm.model.sharding import named_sharding
 from jlm.model.spec import PROJ_EINSUM, lora_specs
 from jlm.tokenizer import export_tokenizer
@@ -36,9 +36,9 @@ __all__ = ["DEFAULT_MODEL", "WeightError", "abstract_model", "load_model", "hf_t
 
 
 # ------------------------------------------------------------------------------------- loading
-def abstract_model(cfg: LlamaConfig, **kw) -> Llama:
+def abstract_model(cfg: LlamaConfig, options: ModelOptions | None = None) -> Llama:
     """The model's structure with shapes and dtypes only: no memory is allocated."""
-    return nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0), **kw))
+    return nnx.eval_shape(lambda: Llama(cfg, options, rngs=nnx.Rngs(0)))
 
 
 def _read_adapter(adapter: Path, cfg: LlamaConfig, base: Path) -> tuple[float, dict[str, list[np.ndarray]]]:
@@ -68,25 +68,27 @@ def _read_adapter(adapter: Path, cfg: LlamaConfig, base: Path) -> tuple[float, d
     return acfg.scale, factors
 
 
-def load_model(path: str | os.PathLike = DEFAULT_MODEL, *, base: str | os.PathLike | None = None,
-               dtype=jnp.float32, param_dtype=None, mesh: jax.sharding.Mesh | None = None,
-               lora: LoRA | None = None, attn_impl: str = "xla", remat: str | None = None,
-               seed: int = 0) -> tuple[Llama, LlamaConfig]:
+def load_model(path: str | os.PathLike = DEFAULT_MODEL, options: ModelOptions | None = None, *,
+               base: str | os.PathLike | None = None, mesh: jax.sharding.Mesh | None = None, seed: int = 0,
+               **overrides) -> tuple[Llama, LlamaConfig]:
     """Load a LLaMA-architecture checkpoint: an HF directory (safetensors or PyTorch .bin shards),
     a `.safetensors` file, a `.gguf` file, `smollm2` (the default small model), or a Hugging Face
     PEFT LoRA adapter directory on one of those (see `base_checkpoint`; `base` overrides the base
     model its adapter_config.json names).
 
-    dtype is the compute dtype; param_dtype (default: dtype) the dtype weights are stored in.
+    options: how the model runs (ModelOptions: dtype, param_dtype, attn_impl, remat, scan_layers,
+    lora); `overrides` replace single fields of it, e.g. `load_model(path, dtype=jnp.bfloat16)`.
     With `mesh`, every weight is placed straight into its sharding (see sharding.py).
-    A PEFT adapter is merged into the base weights as they load (in fp32, before the cast to
-    param_dtype). With `lora`, adapters are added (B = 0, so the model starts equal to the checkpoint).
+    A PEFT adapter is merged into the base weights as they load (in fp32, before the cast to the
+    storage dtype). With `lora`, adapters are added (B = 0, so the model starts equal to the
+    checkpoint; A seeded by `seed`).
     """
+    options = (ModelOptions() if options is None else options).replace(**overrides)
+    lora, param_dtype = options.lora, options.storage_dtype
     path, adapter = base_checkpoint(path, base)
     cfg = LlamaConfig.from_hf(read_config(path), source=str(path))
     scale, factors = _read_adapter(adapter, cfg, path) if adapter is not None else (0.0, {})
-    param_dtype = dtype if param_dtype is None else param_dtype
-    model = abstract_model(cfg, dtype=dtype, param_dtype=param_dtype, lora=lora, attn_impl=attn_impl, remat=remat)
+    model = abstract_model(cfg, options)
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
 

@@ -6,6 +6,7 @@ mesh shape, never in model code.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import jax
@@ -55,10 +56,12 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> M
 
 
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = None,
-                    mesh: Mesh | None = None, rules=None) -> P:
+                    mesh: Mesh | None = None, rules=None, strict: bool | None = None) -> P:
     """PartitionSpec for logical `axes`. A mesh axis that does not divide the dimension (e.g. 9
     heads over tensor=2) or is already used by an earlier dimension is dropped: that dimension is
-    replicated over it rather than failing."""
+    replicated over it rather than failing. `strict`: None (default) is silent (activations, whose
+    batch may legitimately be smaller than the mesh); False warns about an axis dropped for not
+    dividing (weights: the layout asked for is not the one given); True raises."""
     rules = RULES if rules is None else rules
     sizes = dict(mesh.shape) if mesh is not None else {}
     used: set[str] = set()
@@ -74,6 +77,12 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = No
             if mesh is not None and (ax in used or size == 1):
                 continue
             if mesh is not None and shape is not None and shape[i] % (prod * size):
+                if strict is not None:
+                    msg = (f"logical axis {name!r} (size {shape[i]}) does not divide over mesh axis {ax!r} "
+                           f"(x{size}): that dimension of a {tuple(shape)} array is replicated over {ax!r}")
+                    if strict:
+                        raise ValueError(msg)
+                    warnings.warn(msg, stacklevel=3)
                 continue
             keep.append(ax)
             prod *= size
@@ -82,8 +91,9 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = No
     return P(*spec)
 
 
-def named_sharding(mesh: Mesh, axes, shape) -> NamedSharding:
-    return NamedSharding(mesh, logical_to_spec(axes, shape, mesh))
+def named_sharding(mesh: Mesh, axes, shape, strict: bool = False) -> NamedSharding:
+    """A weight's sharding (see `logical_to_spec`: an axis that does not divide warns, or raises)."""
+    return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, strict=strict))
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:

@@ -25,6 +25,7 @@ from jlm.checkpoint import read_config
 from jlm.checkpoint.paths import resolve_model_path
 from jlm.model.config import MODEL_SHAPES, LlamaConfig
 from jlm.model.llama import Block, Llama, LoRA, LoRAParam
+from jlm.model.options import ModelOptions
 from jlm.model.load import abstract_model, load_model
 from jlm.model.sharding import logical_to_spec, make_mesh, named_sharding
 from jlm.train.config import TrainConfig, TrainConfigError
@@ -80,10 +81,12 @@ def resolve_attn_impl(cfg: TrainConfig) -> str:
     return "cudnn" if jax.default_backend() == "gpu" else "xla"
 
 
-def lora_from_config(cfg: TrainConfig) -> LoRA | None:
-    if not cfg.lora_rank:
-        return None
-    return LoRA(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=tuple(cfg.lora_targets))
+def model_options(cfg: TrainConfig) -> ModelOptions:
+    """How the model runs under this train config (the one place TrainConfig becomes ModelOptions)."""
+    compute, storage = dtypes(cfg)
+    lora = LoRA(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=tuple(cfg.lora_targets)) if cfg.lora_rank else None
+    return ModelOptions(dtype=compute, param_dtype=storage, attn_impl=resolve_attn_impl(cfg), remat=cfg.remat,
+                        scan_layers=cfg.scan_layers, lora=lora)
 
 
 # ------------------------------------------------------------------------------- model parts
@@ -103,11 +106,9 @@ class ModelParts:
 
     @classmethod
     def build(cls, model_cfg: LlamaConfig, train_cfg: TrainConfig) -> "ModelParts":
-        compute, storage = dtypes(train_cfg)
-        lora = lora_from_config(train_cfg)
-        model = abstract_model(model_cfg, dtype=compute, param_dtype=storage, lora=lora,
-                               attn_impl=resolve_attn_impl(train_cfg), remat=train_cfg.remat,
-                               scan_layers=train_cfg.scan_layers)
+        options = model_options(train_cfg)
+        lora = options.lora
+        model = abstract_model(model_cfg, options)
         graphdef, state = nnx.split(model)
         template, paths = {}, {}
         for path, var in nnx.to_flat_state(state):
@@ -211,8 +212,7 @@ def random_weights(setup: Setup) -> tuple[dict[str, Array], dict[str, Array]]:
     the embeddings, final norm and head: a single jit of the whole model would hold one inlined
     copy of the RNG per weight, which XLA:GPU compiles for minutes on a 1B model."""
     cfg, parts = setup.cfg, setup.parts
-    compute, storage = dtypes(cfg)
-    lora = lora_from_config(cfg)
+    options = model_options(cfg)
     shardings = {**setup.state_shardings.params, **setup.state_shardings.frozen}
 
     def flat(module) -> dict[str, Array]:
@@ -220,11 +220,10 @@ def random_weights(setup: Setup) -> tuple[dict[str, Array], dict[str, Array]]:
         return {_key(p): v.get_value() for p, v in nnx.to_flat_state(state)}
 
     def top(key):  # a zero-layer Llama: embed, final norm, lm_head
-        return flat(Llama(parts.cfg.replace(num_layers=0), dtype=compute, param_dtype=storage,
-                          rngs=nnx.Rngs(params=key), lora=lora))
+        return flat(Llama(parts.cfg.replace(num_layers=0), options, rngs=nnx.Rngs(params=key)))
 
     def block(key):
-        return flat(Block(parts.cfg, dtype=compute, param_dtype=storage, rngs=nnx.Rngs(params=key), lora=lora))
+        return flat(Block(parts.cfg, options, rngs=nnx.Rngs(params=key)))
 
     names = list(jax.eval_shape(block, jax.random.key(0)))
     top_keys = [k for k in parts.template if not k.startswith("layers.")]
@@ -253,9 +252,7 @@ def init_state(setup: Setup, params: dict[str, Array] | None = None,
 def load_weights(setup: Setup) -> tuple[dict[str, Array], dict[str, Array]]:
     """The base checkpoint (and fresh LoRA adapters) placed straight into their shards."""
     cfg = setup.cfg
-    compute, storage = dtypes(cfg)
-    model, _ = load_model(cfg.model, dtype=compute, param_dtype=storage, mesh=setup.mesh,
-                          lora=lora_from_config(cfg), seed=cfg.seed)
+    model, _ = load_model(cfg.model, model_options(cfg), mesh=setup.mesh, seed=cfg.seed)
     params, frozen = setup.parts.split_model(model)
     # load_model places each weight by the same rules; make sure nothing drifted
     want = {**setup.state_shardings.params, **setup.state_shardings.frozen}

@@ -154,14 +154,15 @@ class Engine:
         self._memo: dict = {}
 
     # ------------------------------------------------------------------------------ placement
-    def _sharding(self, axes, shape) -> NamedSharding:
-        return NamedSharding(self.mesh, logical_to_spec(axes, shape, self.mesh))
+    def _sharding(self, axes, shape, strict: bool | None = None) -> NamedSharding:
+        """Silent for inputs and the cache (a small batch need not fill the mesh); weights warn."""
+        return NamedSharding(self.mesh, logical_to_spec(axes, shape, self.mesh, strict=strict))
 
     def _place_state(self, state):
         flat = dict(nnx.to_flat_state(state))
         for key, var in flat.items():
             value = var.get_value()
-            sharding = self._sharding(var.get_metadata().get("axes", (None,) * value.ndim), value.shape)
+            sharding = self._sharding(var.get_metadata().get("axes", (None,) * value.ndim), value.shape, strict=False)
             if getattr(value, "sharding", None) != sharding:
                 flat[key] = var.replace(jax.device_put(value, sharding))
         return nnx.from_flat_state(flat)
