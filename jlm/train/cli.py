@@ -12,22 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
-import re
 import sys
+import types
+import typing
 
 from jlm.train.config import PRESETS, TrainConfig, TrainConfigError, build_config, read_config_file
-
-
-def _field_help() -> dict[str, str]:
-    """The trailing comment of each field in TrainConfig's source, as its --help text."""
-    helps = {}
-    for line in inspect.getsource(TrainConfig).splitlines():
-        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
-        if m:
-            helps[m[1]] = m[2].strip()
-    return helps
 
 
 def _none_or(kind):
@@ -50,19 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     multi.add_argument("--coordinator", help="HOST:PORT of process 0")
     multi.add_argument("--num-processes", type=int)
     multi.add_argument("--process-id", type=int)
-    helps = _field_help()
     group = ap.add_argument_group("TrainConfig fields (override the config file)")
+    hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        ftype = str(f.type)
-        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=helps.get(f.name, "") + f" (default {f.default!r})")
-        if ftype.startswith("bool"):
+        hint = hints[f.name]
+        union = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        kind, optional = next(t for t in union if t is not type(None)), type(None) in union
+        help_ = " ".join(filter(None, (f.metadata.get("help"), f"(default {f.default!r})")))
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
+        if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif ftype.startswith("tuple"):
+        elif typing.get_origin(kind) is tuple:
             group.add_argument(flag, nargs="+", metavar="VALUE", **kw)
         else:
-            base = int if ftype.startswith("int") else float if ftype.startswith("float") else str
-            group.add_argument(flag, type=_none_or(base) if "None" in ftype else base, metavar=base.__name__.upper(), **kw)
+            group.add_argument(flag, type=_none_or(kind) if optional else kind, metavar=kind.__name__.upper(), **kw)
     return ap
 
 

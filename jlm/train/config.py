@@ -20,61 +20,69 @@ class TrainConfigError(ValueError):
     """A training configuration that cannot run as written."""
 
 
+def _opt(default, help: str):
+    """A field with its help text: `jlm train --help` shows it beside the field's flag."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     # ------------------------------------------------------------------------------ model
-    model: str | None = None  # base checkpoint: HF dir, .safetensors, .gguf, or "smollm2"
-    init: str = "checkpoint"  # "checkpoint" (load `model`) or "random" (a `model_shape`, for dry runs/benchmarks)
-    model_shape: str | None = None  # a jlm.model.config.MODEL_SHAPES name; used by init=random and memory plans
-    tokenizer: str | None = None  # default: the model path
+    model: str | None = _opt(None, 'base checkpoint: HF dir, .safetensors, .gguf, or "smollm2"')
+    init: str = _opt(
+        "checkpoint", '"checkpoint" (load `model`) or "random" (a `model_shape`, for dry runs/benchmarks)')
+    model_shape: str | None = _opt(None, "a jlm.model.config.MODEL_SHAPES name; used by init=random and memory plans")
+    tokenizer: str | None = _opt(None, "default: the model path")
     # ------------------------------------------------------------------------------- data
-    train_data: tuple[str, ...] = ()  # JudgeLM-format JSONL files (jlm.formats.read_judgelm)
-    seq_len: int = 2048  # JudgeLM: model_max_length 2048
-    packing: bool = False  # JudgeLM pads one sample per row; packing puts several in a row
-    swap_prob: float = 0.5  # JudgeLM swap_aug_ratio
-    ref_prob: float = 0.5  # JudgeLM ref_drop_ratio (the probability of *showing* the reference)
-    score_weight: float = 1.0  # loss weight of the score line's tokens (JudgeLM: 1; an ablation, see jlm.data)
+    train_data: tuple[str, ...] = _opt((), "JudgeLM-format JSONL files (jlm.formats.read_judgelm)")
+    seq_len: int = _opt(2048, "JudgeLM: model_max_length 2048")
+    packing: bool = _opt(False, "JudgeLM pads one sample per row; packing puts several in a row")
+    swap_prob: float = _opt(0.5, "JudgeLM swap_aug_ratio")
+    ref_prob: float = _opt(0.5, "JudgeLM ref_drop_ratio (the probability of *showing* the reference)")
+    score_weight: float = _opt(1.0, "loss weight of the score line's tokens (JudgeLM: 1; an ablation, see jlm.data)")
     shuffle: bool = True
     # ------------------------------------------------------------------------------ batch
-    global_batch: int = 128  # rows per optimizer step, whatever the device count (JudgeLM: 128)
-    micro_batch: int | None = None  # rows per forward/backward over all devices; default: one per data shard
-    weighting: str = "sample"  # "sample": token-mean per sample, then mean (JudgeLM); "token": mean over tokens
+    global_batch: int = _opt(128, "rows per optimizer step, whatever the device count (JudgeLM: 128)")
+    micro_batch: int | None = _opt(None, "rows per forward/backward over all devices; default: one per data shard")
+    weighting: str = _opt(
+        "sample", '"sample": token-mean per sample, then mean (JudgeLM); "token": mean over tokens')
     epochs: float = 3.0
-    max_steps: int | None = None  # overrides epochs (required with packing: rows per epoch are unknown)
+    max_steps: int | None = _opt(None, "overrides epochs (required with packing: rows per epoch are unknown)")
     # -------------------------------------------------------------------------- optimizer
     lr: float = 2e-5
     warmup_ratio: float = 0.03
-    schedule: str = "cosine"  # "cosine" (HF get_cosine_schedule_with_warmup) or "constant" (after warmup)
+    schedule: str = _opt("cosine", '"cosine" (HF get_cosine_schedule_with_warmup) or "constant" (after warmup)')
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
-    clip_norm: float = 1.0  # global-norm clipping; 0 disables
+    clip_norm: float = _opt(1.0, "global-norm clipping; 0 disables")
     # ------------------------------------------------------------------ precision, memory
-    precision: str = "mixed"  # "mixed": bf16 compute over fp32 masters/moments; "bf16": all bf16 (JudgeLM); "fp32"
-    remat: str | None = "nothing_saveable"  # a jax.checkpoint_policies name, save:NAMES, or None (keep all)
+    precision: str = _opt(
+        "mixed", '"mixed": bf16 compute over fp32 masters/moments; "bf16": all bf16 (JudgeLM); "fp32"')
+    remat: str | None = _opt("nothing_saveable", "a jax.checkpoint_policies name, save:NAMES, or None (keep all)")
     scan_layers: bool = False
-    attn_impl: str = "auto"  # "auto" (cudnn on GPU, else xla), "xla", "cudnn"
+    attn_impl: str = _opt("auto", '"auto" (cudnn on GPU, else xla), "xla", "cudnn"')
     # ------------------------------------------------------------------------------- LoRA
-    lora_rank: int = 0  # 0: full fine-tuning
+    lora_rank: int = _opt(0, "0: full fine-tuning")
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
     # ------------------------------------------------------------------------------- mesh
     mesh_data: int = 1
-    mesh_fsdp: int = -1  # -1: all remaining devices
+    mesh_fsdp: int = _opt(-1, "-1: all remaining devices")
     mesh_tensor: int = 1
     # -------------------------------------------------------------------------- run, I/O
     out_dir: str = "runs/judge"
-    save_every: int = 1000  # steps between orbax checkpoints (and one at the end)
-    keep: int = 2  # checkpoints kept (2: a damaged latest one falls back to the one before)
-    resume: bool = False  # continue from the latest checkpoint in out_dir/checkpoints
-    export: bool = True  # write the final model (LoRA merged) as HF safetensors to out_dir/hf,
-    # and with LoRA the adapters alone as a PEFT adapter to out_dir/adapter
+    save_every: int = _opt(1000, "steps between orbax checkpoints (and one at the end)")
+    keep: int = _opt(2, "checkpoints kept (2: a damaged latest one falls back to the one before)")
+    resume: bool = _opt(False, "continue from the latest checkpoint in out_dir/checkpoints")
+    export: bool = _opt(True, "write the final model (LoRA merged) as HF safetensors to out_dir/hf, and with "
+                              "LoRA the adapters alone as a PEFT adapter to out_dir/adapter")
     export_dtype: str = "bfloat16"
     log_every: int = 1
-    progress: bool = True  # tqdm progress bar
-    plot: bool = True  # out_dir/loss.png at the end
-    peak_tflops: float | None = None  # for MFU; default: looked up from the device kind
+    progress: bool = _opt(True, "tqdm progress bar")
+    plot: bool = _opt(True, "out_dir/loss.png at the end")
+    peak_tflops: float | None = _opt(None, "for MFU; default: looked up from the device kind")
     seed: int = 42
 
     def __post_init__(self):
