@@ -183,6 +183,9 @@ def test_preset_trains_long_rows_in_bounded_memory(tmp_path):
     it vary with thread timing, so the bound is loose: the exact check is the compiled one above)."""
     import dataclasses
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as users have
+    # glibc gives each busy thread its own malloc arena; beside another test process on 2 cores the
+    # arenas fragmented to 7.9 GB once (1.1 GB alone): cap them, so the bound measures the algorithm
+    env["MALLOC_ARENA_MAX"] = "2"
     out = subprocess.run([sys.executable, "-c", _MEMORY_RUN, str(tmp_path / "run"),
                           json.dumps(dataclasses.asdict(LONG_VOCAB))], capture_output=True, text=True,
                          timeout=600, env=env)
