@@ -382,8 +382,9 @@ class Engine:
             tokens = jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=self._sharding(_TOKENS_AXES, (b, length)))
             args = (self.state, tokens, tokens.update(dtype=jnp.bool_))
             jobs[self._signature("prefill", (size,), args)] = (self._prefill(size), args, ())
-            cache = self._abstract(jax.eval_shape(lambda: KVCache.init(self.cfg, b, size, self.cache_dtype)),
-                                   self._cache_shardings(b, size))
+            cache = KVCache.from_specs(cache_specs(self.cfg, b, size), self.cfg.num_layers, self.cache_dtype,
+                                       lambda spec, dt: jax.ShapeDtypeStruct(spec.shape, dt, sharding=self._sharding(
+                                           spec.axes, spec.shape)))
             rows0 = np.zeros(b, np.int32)
             for n in max_new:
                 args = self._decode_args(cache, self._put(rows0, _ROW_AXES), rows0.astype(bool), self._unused_keys(b),
