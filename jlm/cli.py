@@ -13,6 +13,8 @@ import importlib
 import os
 import sys
 
+from jlm.malloc import cap_arenas
+
 # sub-command -> "module:function"; each function takes argv (list[str]) and returns an exit code.
 COMMANDS = {
     "convert": ("jlm.checkpoint.convert:main", "convert a checkpoint (HF dir, .bin, .safetensors, .gguf) to HF safetensors"),
@@ -53,6 +55,7 @@ def _usage(file) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    cap_arenas()  # first, before XLA starts its threads (jlm.malloc says why)
     from_shell = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv

@@ -350,7 +350,13 @@ def main(argv=None) -> int:
                     help='extra `jlm train` flags for every variant, e.g. "--max-steps 60 --seq-len 1024"')
     ap.add_argument("--no-speed", action="store_true", help="skip the separate scores-only speed run")
     ap.add_argument("--no-base", action="store_true", help="do not judge with the untrained base model")
+    ap.add_argument("--trained", nargs="+", default=[], metavar="VARIANT=PATH",
+                    help="a judge already trained with VARIANT's recipe (HF dir or PEFT adapter), judged instead "
+                         "of training it again, e.g. cpu-default=smollm2-judge (the shipped judge is that run)")
     a = ap.parse_args(argv)
+    trained_as = dict(t.split("=", 1) for t in a.trained)
+    if unknown := set(trained_as) - set(a.variants):
+        ap.error(f"--trained names variants not in --variants: {sorted(unknown)}")
     import jax.numpy as jnp
 
     dtype = None if a.dtype is None else jnp.dtype(a.dtype)
@@ -382,7 +388,9 @@ def main(argv=None) -> int:
         run_dir = out / "runs" / name
         lora = VARIANTS[name].get("lora_rank", 0) > 0
         trained = run_dir / ("adapter" if lora else "hf")
-        if not (trained / ("adapter_config.json" if lora else "config.json")).exists():
+        if name in trained_as:
+            trained = trained_as[name]
+        elif not (trained / ("adapter_config.json" if lora else "config.json")).exists():
             extra = (["--max-steps", 2, "--global-batch", 4, "--micro-batch", 2, "--seq-len", 512, "--no-progress"]
                      if a.smoke else ["--resume", "--save-every", 50])
             # the adapter names its base as given: LoRA trains on `--model` itself (e.g. "smollm2")

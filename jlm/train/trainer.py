@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from jlm.checkpoint import FLOAT_DTYPES
 from jlm.formats.records import drop_partial_last_line
+from jlm.malloc import cap_arenas
 from jlm.model.config import LlamaConfig
 from jlm.model.load import save_adapter, save_pretrained
 from jlm.tokenizer import load_tokenizer
@@ -65,6 +66,7 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
     model_cfg: the architecture for init="random" when it is not one of the named shapes.
     mesh: a mesh over some of the devices, instead of the config's mesh over all of them.
     """
+    cap_arenas()  # before the step's threads allocate: a long run's RSS stays flat (jlm.malloc)
     out = Path(cfg.out_dir)
     if not cfg.resume and (steps := existing_steps(out / "checkpoints")):
         raise TrainConfigError(f"{out / 'checkpoints'} holds the checkpoints of an earlier run (up to step "
