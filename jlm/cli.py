@@ -31,7 +31,8 @@ COMMANDS = {
 # theirs, so the dispatcher imports nothing heavy to recognise them.
 USER_ERRORS = (("jlm.formats.records", "FormatError"), ("jlm.checkpoint.errors", "CheckpointError"),
                ("jlm.model.config", "ConfigError"), ("jlm.model.hf_layout", "WeightError"),
-               ("jlm.train.config", "TrainConfigError"), ("jlm.tokenizer", "TokenizerError"))
+               ("jlm.train.config", "TrainConfigError"), ("jlm.tokenizer", "TokenizerError"),
+               ("jlm.distributed", "DistributedError"))
 
 
 def _is_user_error(e: BaseException) -> bool:

@@ -94,7 +94,7 @@ def load_model(path: str | os.PathLike = DEFAULT_MODEL, options: ModelOptions | 
 
     def place(var, value):
         sharding = (named_sharding(mesh, var.get_metadata()["axes"], value.shape) if mesh is not None
-                    else jax.devices()[0])
+                    else jax.local_devices()[0])  # several processes: jax.devices()[0] may be another's
         return var.replace(jax.device_put(value, sharding))
 
     expected = hf_shapes(cfg)

@@ -17,6 +17,7 @@ import sys
 import types
 import typing
 
+from jlm import distributed
 from jlm.train.config import PRESETS, TrainConfig, TrainConfigError, build_config, read_config_file
 
 
@@ -33,13 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", help="YAML or JSON file of TrainConfig fields (may name a `preset`)")
     ap.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset recipe")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    multi = ap.add_argument_group("several hosts (run the same command on every host)")
-    multi.add_argument("--distributed", action="store_true",
-                       help="call jax.distributed.initialize(): auto-detects SLURM, Open MPI, Kubernetes; "
-                            "or give the three flags below")
-    multi.add_argument("--coordinator", help="HOST:PORT of process 0")
-    multi.add_argument("--num-processes", type=int)
-    multi.add_argument("--process-id", type=int)
+    distributed.add_arguments(ap)
     group = ap.add_argument_group("TrainConfig fields (override the config file)")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -61,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
     ap = build_parser()
     args = ap.parse_args(argv)
-    own = ("config", "preset", "print_config", "distributed", "coordinator", "num_processes", "process_id")
+    own = ("config", "preset", "print_config", "distributed", "coordinator", "num_processes", "process_id",
+           "join_timeout")
     overrides = {k: v for k, v in vars(args).items() if k not in own}
     file_values = read_config_file(args.config) if args.config else {}
     cfg = build_config(preset=args.preset, file_values=file_values, overrides=overrides,
@@ -78,10 +74,8 @@ def main(argv: list[str]) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    if args.distributed or args.coordinator:
-        import jax  # must come before anything else touches the devices
-        jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
-                                   process_id=args.process_id)
+    if distributed.requested(args):  # before anything else touches the devices
+        distributed.initialize(args)
     from jlm.train.trainer import train
     try:
         result = train(cfg)

@@ -18,6 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jlm.checkpoint import FLOAT_DTYPES
+from jlm.distributed import together
 from jlm.formats.records import drop_partial_last_line
 from jlm.malloc import cap_arenas
 from jlm.model.config import LlamaConfig
@@ -79,13 +80,14 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
 
     # ------------------------------------------------------------------------------ data
     if batches is None:
-        if samples is None:
-            samples = read_train_samples(cfg.train_data)
-        if tokenizer is None:
-            src = cfg.tokenizer or cfg.model
-            if src is None:
-                raise TrainConfigError("no tokenizer: set tokenizer (or model)")
-            tokenizer = load_tokenizer(src)
+        with together("reading the training data"):  # a file missing on one host stops every host
+            if samples is None:
+                samples = read_train_samples(cfg.train_data)
+            if tokenizer is None:
+                src = cfg.tokenizer or cfg.model
+                if src is None:
+                    raise TrainConfigError("no tokenizer: set tokenizer (or model)")
+                tokenizer = load_tokenizer(src)
         batches = judge_batches(cfg, samples, tokenizer)
         num_samples = len(samples)
     total = steps_for(cfg, num_samples)
