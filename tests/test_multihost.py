@@ -4,6 +4,7 @@ is killed (in the same layout and in the other), and `jlm judge` splits its samp
 processes into one output. Bad set-ups stop every process with one clear line, within a bound.
 
 Each process is a real `python -m jlm.cli` (tests/multihost.py starts them)."""
+import dataclasses
 import json
 import shutil
 import time
@@ -27,7 +28,8 @@ def base(tmp_path_factory):
     from jlm.model.load import save_pretrained
 
     d = tmp_path_factory.mktemp("multihost")
-    save_pretrained(Llama(_model_cfg(500), rngs=nnx.Rngs(1)), d / "base", dtype="float32",
+    cfg = dataclasses.replace(_model_cfg(500), max_position_embeddings=2048)  # JudgeLM prompts + reasons fit
+    save_pretrained(Llama(cfg, rngs=nnx.Rngs(1)), d / "base", dtype="float32",
                     tokenizer_src=ROOT / "tests/fixtures/tiny_sp")
     _judgelm_jsonl(d / "train.jsonl", _samples() * 2)
     return d
@@ -157,3 +159,51 @@ def test_each_process_reads_its_own_rows_of_every_global_batch_and_resume_keeps_
         first = [rows(next(it)) for _ in range(1)]
         rest = [rows(b) for b in host(i, 2, it.get_state())]
         assert first + rest == parts[i]
+
+
+def _judge_input(base) -> str:
+    path = base / "pairs.jsonl"
+    if not path.exists():
+        rows = [{"question_id": f"q{i}", "question_body": f"{s.question} (case {i})", "answer1_body": s.answers[0],
+                 "answer2_body": s.answers[1] * (1 + i % 3)} for i, s in enumerate(_samples() * 5)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _judged(path) -> list[dict]:
+    keep = ("question_id", "pred_text", "scores", "verdict", "distribution")
+    return [{k: r.get(k) for k in keep} for r in map(json.loads, path.read_text().splitlines())]
+
+
+def test_judging_over_two_processes_writes_one_output_equal_to_one_process_and_resumes(base, tmp_path):
+    argv = ["judge", "--model", str(base / "base"), "--input", _judge_input(base), "--batch-size", "2", "--quiet"]
+    check(launch([*argv, "--output", str(tmp_path / "one.jsonl")], processes=1, devices=4, timeout=300))
+    ref = _judged(tmp_path / "one.jsonl")
+    assert [r["question_id"] for r in ref] == [f"q{i}" for i in range(30)]
+
+    runs = check(launch([*argv, "--output", str(tmp_path / "two.jsonl")], processes=2, devices=4, timeout=300))
+    assert "judging 15 samples" in runs[1].output
+    assert _judged(tmp_path / "two.jsonl") == ref  # in input order, greedy: the same text and numbers
+    assert not list(tmp_path.glob("two.jsonl.process*"))
+
+    # process 1 dies after its first records; the rerun folds both parts in and judges only the rest
+    out = tmp_path / "cut.jsonl"
+    part = tmp_path / "cut.jsonl.process1"
+    runs = launch([*argv, "--output", str(out)], processes=2, devices=4, timeout=300,
+                  kill=(1, lambda: part.exists() and part.read_text().count("\n") >= 2))
+    assert runs[1].killed, "the run ended before the kill: " + runs[1].output[-2000:]
+    runs = check(launch([*argv, "--output", str(out)], processes=2, devices=4, timeout=300))
+    assert "resuming:" in runs[0].output
+    assert _judged(out) == ref
+
+
+def test_an_input_missing_on_one_host_stops_every_judging_process(base, tmp_path):
+    missing = tmp_path / "not_here.jsonl"
+    runs = launch(["judge", "--model", str(base / "base"), "--input", _judge_input(base),
+                   "--output", str(tmp_path / "out.jsonl")], processes=2, devices=4, timeout=120,
+                  per_process=lambda i: ["--input", str(missing)] if i == 1 else [])
+    for r in runs:
+        assert r.returncode == 2 and not r.killed, r.output[-3000:]
+    assert f"jlm judge: error: {missing}" in runs[1].output
+    assert "jlm judge: error: process 1 failed reading the input: FileNotFoundError" in runs[0].output
+    assert not (tmp_path / "out.jsonl").exists()

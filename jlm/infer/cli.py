@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from jlm import distributed
 from jlm.formats.records import FormatError, drop_partial_last_line, iter_jsonl
 
 
@@ -134,6 +135,29 @@ def rewrite(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def part_file(path: Path, index: int) -> Path:
+    """Where process `index` of a multi-process run appends its records (beside the output)."""
+    return path.with_name(f"{path.name}.process{index}")
+
+
+def gather_parts(path: Path, wanted: set) -> None:
+    """Fold the part files of a multi-process run (finished or killed) into the output: their records
+    are appended (a cut last line dropped, ids already in the output kept once), then they go."""
+    parts = sorted(path.parent.glob(f"{path.name}.process*"))
+    if not parts:
+        return
+    records = [rec for _, rec in read_output(path, wanted)]
+    have = {r["question_id"] for r in records}
+    for part in parts:
+        for _, rec in read_output(part, wanted):
+            if rec["question_id"] not in have:
+                records.append(rec)
+                have.add(rec["question_id"])
+    rewrite(path, records)  # atomic: a kill here leaves the parts, and the next run folds them again
+    for part in parts:
+        part.unlink()
+
+
 # ------------------------------------------------------------------------------------------ output
 def output_record(rec: dict, res, model_id: str, reference: str | None) -> dict:
     """JudgeLM's output record for one judged sample, plus jlm's fields."""
@@ -233,6 +257,7 @@ def _parser(prog: str, single: bool) -> argparse.ArgumentParser:
     ap.add_argument("--tensor-parallel", type=positive_int, default=1, help="shard the model over this many devices")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32 on CPU, bfloat16 on GPU")
     ap.add_argument("--quiet", action="store_true", help="no per-sample lines, only the progress bar and summary")
+    distributed.add_arguments(ap)  # each process judges a share; process 0 writes the one output
     return ap
 
 
@@ -244,18 +269,22 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
 
 
 def _run(argv, prog: str, mode: str | None, judge=None) -> int:
-    """mode None: pairs (or N answers when records have answer3_body ...); "single": grading."""
-    from tqdm import tqdm
+    """mode None: pairs (or N answers when records have answer3_body ...); "single": grading.
 
-    from jlm.infer.judge import Judge, PromptTooLong
-    from jlm.infer.sampling import Sampling
-
+    Several processes (--distributed): each judges every count-th remaining sample into its own part
+    file beside the output; process 0 folds the parts into the output (also those a killed run left)."""
     ap = _parser(prog, mode == "single")
     args = ap.parse_args(argv)
     if _same_file(args.input, args.output):
         ap.error(f"--output is the input file {args.input}; the results go to another file")
+    if distributed.requested(args):  # before anything touches a device
+        distributed.initialize(args)
+    import jax
+
+    index, count = jax.process_index(), jax.process_count()
     swap = getattr(args, "swap", False)
-    samples = read_judge_input(args.input)
+    with distributed.together("reading the input"):  # a file missing on one host stops every host
+        samples = read_judge_input(args.input)
     if not samples:
         print(f"{args.input} has no samples: nothing to judge", file=sys.stderr)
         return 0
@@ -272,6 +301,9 @@ def _run(argv, prog: str, mode: str | None, judge=None) -> int:
               file=sys.stderr)
     model_id = Path(str(args.model)).name
     out_path = Path(args.output)
+    if index == 0:  # records of an earlier multi-process run join the output before anything is read
+        gather_parts(out_path, set(ids))
+    distributed.barrier("gathering the output of an earlier run")
     old = read_output(out_path, set(ids))
     for line, rec in old:
         if "error" not in rec:
@@ -281,16 +313,40 @@ def _run(argv, prog: str, mode: str | None, judge=None) -> int:
                 want["--no-distributions"] = args.no_distributions
             check_same_run(out_path, line, rec, want)
     done = {rec["question_id"] for _, rec in old if "error" not in rec}
-    if len(done) < len(old):  # samples that could not be judged: judged again
+    if len(done) < len(old) and index == 0:  # samples that could not be judged: judged again
         rewrite(out_path, [rec for _, rec in old if "error" not in rec])
     todo = [rec for _, rec in samples if rec["question_id"] not in done]
     if done:
         print(f"resuming: {len(done)} of {len(samples)} samples already in {out_path}", file=sys.stderr)
     if not todo:
         print(f"nothing to do: all {len(samples)} samples are in {out_path}", file=sys.stderr)
-        _in_input_order(out_path, ids)
+        if index == 0:
+            _in_input_order(out_path, ids)
         return 0
+    final = out_path
+    if count > 1:
+        todo = todo[index::count]  # strided: each share gets long and short prompts alike
+        out_path = part_file(final, index)
+        print(f"process {index} of {count}: judging {len(todo)} samples into {out_path}", file=sys.stderr)
+    with distributed.together("judging"):  # one process failing stops the others at the end, not in a hang
+        counts = _judge_share(args, prog, mode, judge, todo, refs, line_of, model_id, out_path) if todo else {}
+    if index == 0:
+        gather_parts(final, set(ids))
+        _in_input_order(final, ids)
+        if count > 1:
+            print(f"{len(samples)} samples in {final} (from {count} processes)")
+    return 1 if counts.get("failed") else 0
 
+
+def _judge_share(args, prog: str, mode: str | None, judge, todo: list[dict], refs: dict, line_of: dict,
+                 model_id: str, out_path: Path) -> dict[str, int]:
+    """Judge `todo`, appending each record to `out_path` as it is done; print the summary; the counts."""
+    from tqdm import tqdm
+
+    from jlm.infer.judge import Judge, PromptTooLong
+    from jlm.infer.sampling import Sampling
+
+    swap = getattr(args, "swap", False)
     if judge is None:
         import jax.numpy as jnp
         dtype = None if args.dtype is None else jnp.dtype(args.dtype)
@@ -339,8 +395,7 @@ def _run(argv, prog: str, mode: str | None, judge=None) -> int:
                                            ("failed (see their 'error')", counts["failed"]),
                                            ("skipped (too long)", skipped)) if n]
     print(summary + (f"; {', '.join(extra)}" if extra else "") + f" -> {out_path}")
-    _in_input_order(out_path, ids)
-    return 1 if counts["failed"] else 0
+    return counts
 
 
 def _in_input_order(path: Path, ids: list) -> None:
