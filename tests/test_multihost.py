@@ -119,7 +119,7 @@ def test_a_data_file_missing_on_one_host_stops_every_host(base, tmp_path):
     for r in runs:
         assert r.returncode == 2 and not r.killed, r.output[-3000:]
     assert f"jlm train: error: {missing}" in runs[1].output
-    assert "jlm train: error: process 1 failed reading the training data: FileNotFoundError" in runs[0].output
+    assert "jlm train: error: process 1 failed reading the model config and the training data: FileNotFoundError" in runs[0].output
 
 
 def test_each_process_reads_its_own_rows_of_every_global_batch_and_resume_keeps_them():

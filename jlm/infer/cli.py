@@ -12,6 +12,11 @@ could not be judged (`error`) are judged again; a rerun with other flags (--swap
 is refused rather than mixing two kinds of record in one file. When every sample is done the file
 is rewritten in input order (atomically), so JudgeLM's line-aligned eval reads it as it is. The
 exit status is 1 when a sample could not be judged (its prompt does not fit even with empty answers).
+
+Several processes (`--distributed`, or `--coordinator/--num-processes/--process-id`: the same command
+in each) split the remaining samples; each appends to OUTPUT.processI beside the output (a folder all
+of them can write) and process 0 folds those into the output at the end, or at the start of a rerun
+after a kill.
 """
 from __future__ import annotations
 
@@ -328,6 +333,9 @@ def _run(argv, prog: str, mode: str | None, judge=None) -> int:
         todo = todo[index::count]  # strided: each share gets long and short prompts alike
         out_path = part_file(final, index)
         print(f"process {index} of {count}: judging {len(todo)} samples into {out_path}", file=sys.stderr)
+    with distributed.together("loading the model"):  # a checkpoint missing on one host stops every host
+        if judge is None and todo:
+            judge = _load_judge(args)
     with distributed.together("judging"):  # one process failing stops the others at the end, not in a hang
         counts = _judge_share(args, prog, mode, judge, todo, refs, line_of, model_id, out_path) if todo else {}
     if index == 0:
@@ -338,22 +346,28 @@ def _run(argv, prog: str, mode: str | None, judge=None) -> int:
     return 1 if counts.get("failed") else 0
 
 
+def _load_judge(args):
+    import jax.numpy as jnp
+
+    from jlm.infer.judge import Judge
+
+    dtype = None if args.dtype is None else jnp.dtype(args.dtype)
+    t = time.perf_counter()
+    judge = Judge.load(args.model, dtype=dtype, tensor_parallel=args.tensor_parallel,
+                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    print(f"loaded {args.model} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    return judge
+
+
 def _judge_share(args, prog: str, mode: str | None, judge, todo: list[dict], refs: dict, line_of: dict,
                  model_id: str, out_path: Path) -> dict[str, int]:
     """Judge `todo`, appending each record to `out_path` as it is done; print the summary; the counts."""
     from tqdm import tqdm
 
-    from jlm.infer.judge import Judge, PromptTooLong
+    from jlm.infer.judge import PromptTooLong
     from jlm.infer.sampling import Sampling
 
     swap = getattr(args, "swap", False)
-    if judge is None:
-        import jax.numpy as jnp
-        dtype = None if args.dtype is None else jnp.dtype(args.dtype)
-        t = time.perf_counter()
-        judge = Judge.load(args.model, dtype=dtype, tensor_parallel=args.tensor_parallel,
-                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
-        print(f"loaded {args.model} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     verdicts = {1: 0, 0: 0, -1: 0}

@@ -25,8 +25,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+import jax
 import orbax.checkpoint as ocp
 
+from jlm.distributed import barrier
 from jlm.interrupt import critical
 from jlm.train.config import TrainConfigError
 from jlm.train.state import TrainState
@@ -119,8 +121,10 @@ class Checkpointer:
                     if problem is None:
                         raise
             moved = self.directory.with_name(self.directory.name + "_damaged") / str(step)
-            moved.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(self.directory / str(step)), str(moved))
+            if jax.process_index() == 0:  # one process moves it; the others wait, then look again
+                moved.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(self.directory / str(step)), str(moved))
+            barrier(f"moving damaged checkpoint {step} aside")
             self.manager.reload()
             say(f"checkpoint step {step} is damaged ({problem}); moved it to {moved}")
         if steps:
@@ -148,7 +152,10 @@ class Checkpointer:
         return None
 
     def _write_manifests(self) -> None:
-        """Record the file sizes of every finished checkpoint that has no manifest yet."""
+        """Record the file sizes of every finished checkpoint that has no manifest yet (process 0:
+        orbax finishes a save on every process before it counts as finished)."""
+        if jax.process_index() != 0:
+            return
         for step in self.manager.all_steps():
             d = self.directory / str(step)
             if not d.is_dir() or (d / MANIFEST).exists():

@@ -73,14 +73,12 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
         raise TrainConfigError(f"{out / 'checkpoints'} holds the checkpoints of an earlier run (up to step "
                                f"{steps[-1]}): pass --resume to continue it, or choose another --out-dir")
     out.mkdir(parents=True, exist_ok=True)
-    if model_cfg is None:
-        model_cfg = model_config(cfg)
-    elif cfg.init != "random":
-        raise TrainConfigError("model_cfg is only for init='random'; a checkpoint brings its own config")
-
-    # ------------------------------------------------------------------------------ data
-    if batches is None:
-        with together("reading the training data"):  # a file missing on one host stops every host
+    with together("reading the model config and the training data"):  # a file missing on one host stops all
+        if model_cfg is None:
+            model_cfg = model_config(cfg)
+        elif cfg.init != "random":
+            raise TrainConfigError("model_cfg is only for init='random'; a checkpoint brings its own config")
+        if batches is None:
             if samples is None:
                 samples = read_train_samples(cfg.train_data)
             if tokenizer is None:
@@ -88,6 +86,9 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
                 if src is None:
                     raise TrainConfigError("no tokenizer: set tokenizer (or model)")
                 tokenizer = load_tokenizer(src)
+
+    # ------------------------------------------------------------------------------ data
+    if batches is None:
         batches = judge_batches(cfg, samples, tokenizer)
         num_samples = len(samples)
     total = steps_for(cfg, num_samples)
@@ -240,8 +241,8 @@ def export_hf(setup: Setup, state: TrainState, out_dir: Path, *, dtype: str = "b
     config's `model` as given; None for a random base, which then has to be named when loading).
 
     One host: tensors stream from the devices one at a time. Several hosts: each weight is gathered
-    to every host (cast to the export dtype first; adapters stay fp32 for the merge) and host 0
-    writes, so host RAM must hold the model once in the export dtype."""
+    to every host (in the state's dtype, then cast to the export dtype; adapters stay fp32 for the
+    merge) and host 0 writes, so host RAM must hold the model once in the export dtype."""
     params, frozen = state.params, state.frozen
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
