@@ -10,7 +10,7 @@ from flax import nnx
 
 from jlm.data.tokenizer import ByteTokenizer
 from jlm.infer.distributions import build_tree
-from jlm.infer.engine import Engine, Planner, default_mesh, stop_table
+from jlm.infer.engine import CPU_FLOP_PER_BYTE, FLOP_PER_BYTE, Engine, Planner, default_mesh, stop_table
 from jlm.infer.sampling import Sampling, filter_logits
 from jlm.model.config import MODEL_SHAPES, LlamaConfig
 from jlm.model.llama import Llama
@@ -140,6 +140,21 @@ def test_cost_model_constants_come_from_the_config():
     assert SEVEN_B.slot_rows == pytest.approx(2 * 32 * 32 * 128 * 2 * (800 / 3) / (2 * 6.74e9), rel=1e-2)
     two = Planner.for_model(MODEL_SHAPES["judgelm-7b"], batch_size=64, dp=2)  # each device reads all the weights
     assert two.weight_rows == pytest.approx(2 * SEVEN_B.weight_rows) and two.slot_rows == SEVEN_B.slot_rows
+
+
+def test_a_cpu_engine_weighs_a_batch_by_the_cpus_constant(model):
+    """On a CPU a weight read is cheap next to prefill FLOPs: the engine's planner uses the CPU
+    constant, and with it cuts JudgeLM-length prompts into more, tighter batches than a GPU's."""
+    eng = Engine(model, mesh=one_device(), batch_size=8)
+    assert eng.mesh.devices.flat[0].platform == "cpu"
+    assert eng.planner.weight_rows == pytest.approx(4 * CPU_FLOP_PER_BYTE / 2)  # fp32 weights
+    lengths = np.random.default_rng(0).integers(300, 1500, 24).tolist()
+    shape = MODEL_SHAPES["judgelm-7b"]
+    cpu, gpu = (Planner.for_model(shape, batch_size=8, param_bytes=4, cache_bytes=4, flop_per_byte=f)
+                for f in (CPU_FLOP_PER_BYTE, FLOP_PER_BYTE))
+    on_cpu, on_gpu = (p.stats(lengths, p.plan(lengths, reserve=17), reserve=17) for p in (cpu, gpu))
+    assert on_gpu["batches"] == 3  # full batches of 8: a GPU pays for a weight read, not for padding
+    assert on_cpu["batches"] > on_gpu["batches"] and on_cpu["padding"] < 0.6 * on_gpu["padding"], (on_cpu, on_gpu)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -497,3 +497,20 @@ def test_the_shipped_judge_loads_and_judges_a_pair():
         assert j.scores is not None and j.error is None, j.text
         assert j.distribution.residual < 0.5
     assert r.verdict in (-1, 0, 1)
+
+
+@pytest.mark.parametrize("reasons", [False, True])
+def test_score_compiles_its_prefill_and_decode_programs_before_running(reasons):
+    """Judge.score compiles every prefill and decode program its plan needs at once (in parallel
+    threads: a cold CPU run waits for the slowest compile, not their sum); nothing more while running."""
+    judge = bigram_judge(batch_size=2)
+    eng = judge.engine
+    warmed = []
+    real = eng.warmup
+    eng.warmup = lambda *a, **kw: (real(*a, **kw), warmed.append(set(eng._exe)))[0]
+    res = judge.score(pairs(5), distributions=False, reasons=reasons)
+    assert len(warmed) == 1 and set(eng._exe) == warmed[0]
+    assert {k[0] for k in warmed[0]} == {"prefill", "decode"}
+    assert len({k for k in warmed[0] if k[0] == "decode"}) >= (2 if reasons else 1)
+    assert [r.text for r in res] == [r.text for r in bigram_judge().score(pairs(5), distributions=False,
+                                                                         reasons=reasons)]

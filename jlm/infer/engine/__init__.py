@@ -29,8 +29,8 @@ row's computation is the same up to float reassociation, and sampling keys come 
 own index (sampling.py).
 """
 from jlm.infer.engine.engine import Batch, CandidateTree, Engine, Generation, default_mesh, stop_table, token_table
-from jlm.infer.engine.planner import FLOP_PER_BYTE, Planner
+from jlm.infer.engine.planner import CPU_FLOP_PER_BYTE, FLOP_PER_BYTE, Planner
 from jlm.infer.engine.programs import DecodeState
 
-__all__ = ["Batch", "CandidateTree", "DecodeState", "Engine", "FLOP_PER_BYTE", "Generation", "Planner",
+__all__ = ["Batch", "CandidateTree", "CPU_FLOP_PER_BYTE", "DecodeState", "Engine", "FLOP_PER_BYTE", "Generation", "Planner",
            "default_mesh", "stop_table", "token_table"]

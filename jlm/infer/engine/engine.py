@@ -14,7 +14,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from jlm.infer.engine import programs
-from jlm.infer.engine.planner import Planner
+from jlm.infer.engine.planner import CPU_FLOP_PER_BYTE, FLOP_PER_BYTE, Planner
 from jlm.infer.sampling import GREEDY, Sampling, row_keys
 from jlm.model.config import LlamaConfig
 from jlm.model.llama import KVCache, Llama
@@ -146,8 +146,10 @@ class Engine:
         self.graphdef, state = nnx.split(model)
         weights = jax.tree.leaves(state)
         param_bytes = sum(w.nbytes for w in weights) / max(sum(w.size for w in weights), 1)
+        cpu = self.mesh.devices.flat[0].platform == "cpu"
         self.planner = Planner.for_model(self.cfg, batch_size=self.batch_size, bucket_step=bucket_step, dp=self.dp,
-                                         param_bytes=param_bytes, cache_bytes=jnp.dtype(self.cache_dtype).itemsize)
+                                         param_bytes=param_bytes, cache_bytes=jnp.dtype(self.cache_dtype).itemsize,
+                                         flop_per_byte=CPU_FLOP_PER_BYTE if cpu else FLOP_PER_BYTE)
         self.state = self._place_state(state)
         self._replicated = NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self._exe: dict = {}

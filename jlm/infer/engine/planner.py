@@ -10,10 +10,16 @@ import numpy as np
 
 from jlm.model.config import LlamaConfig
 
-# The accelerator's matmul rate over its memory bandwidth, in FLOP per byte: the planner's one hardware
-# constant. 800 TFLOP/s over 3.0 TB/s, both measured on the H100 of docs/benchmarks.md (an A100 or a
-# TPU v5e is within 2x of it). It says how many prefilled token-rows one byte read is worth.
+# The device's matmul rate over its memory bandwidth, in FLOP per byte: the planner's one hardware
+# constant. It says how many prefilled token-rows one byte read is worth. Accelerators: 800 TFLOP/s
+# over 3.0 TB/s, both measured on the H100 of docs/benchmarks.md (an A100 or a TPU v5e is within 2x
+# of it). CPUs: 294 GFLOP/s of prefill over 36 GB/s for a decode step's weight read (538 MB of fp32
+# weights in 15 ms) is 8, measured on the 2-core EPYC of docs/benchmarks.md: a CPU reads its weights
+# far more cheaply relative to its FLOPs, so there a smaller batch pays off sooner than padding does.
+# We use 20, not 8: each distinct batch shape is a ~3 s compile in a cold CPU run, and on the
+# 24-prompt benchmark 20 plans 6 shapes (steady 14.1 s) where 8 plans 9 (13.4 s, but 8 s more compiling).
 FLOP_PER_BYTE = 800 / 3.0
+CPU_FLOP_PER_BYTE = 20.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,14 +55,15 @@ class Planner:
 
     @classmethod
     def for_model(cls, cfg: LlamaConfig, *, batch_size: int, bucket_step: int = 64, dp: int = 1,
-                  param_bytes: float = 2, cache_bytes: float = 2) -> "Planner":
-        """The cost model of `cfg` with weights of `param_bytes` and a KV cache of `cache_bytes` per value."""
+                  param_bytes: float = 2, cache_bytes: float = 2, flop_per_byte: float = FLOP_PER_BYTE) -> "Planner":
+        """The cost model of `cfg` with weights of `param_bytes` and a KV cache of `cache_bytes` per value,
+        on a device of `flop_per_byte` (FLOP_PER_BYTE, or CPU_FLOP_PER_BYTE)."""
         row_flops = 2 * cfg.num_params
         slot_bytes = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * cache_bytes  # K and V
         # a batch's rows are split over the dp devices, but each of them reads all the weights
         return cls(batch_size, bucket_step, dp,
-                   weight_rows=dp * cfg.num_params * param_bytes * FLOP_PER_BYTE / row_flops,
-                   slot_rows=slot_bytes * FLOP_PER_BYTE / row_flops)
+                   weight_rows=dp * cfg.num_params * param_bytes * flop_per_byte / row_flops,
+                   slot_rows=slot_bytes * flop_per_byte / row_flops)
 
     def bucket(self, n: int) -> int:
         """Padded prefill length for a prompt of n tokens (the last one is fed by decoding)."""
