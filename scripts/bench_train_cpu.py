@@ -17,13 +17,19 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+
+def peak_rss_gb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss, which on Linux also holds the peak of the
+    process that started this one (its mm before exec)."""
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:")) / 1e6
+
 
 REPO = Path(__file__).resolve().parents[1]
 PEER = REPO / "benchmarks" / "peers" / "hf_peft_train_cpu.py"
@@ -102,7 +108,7 @@ def jlm_worker(a) -> None:
         compile_s=round(first - timed, 1), step_s=round(timed / steps, 2), tokens_per_s=round(tokens / timed, 1),
         target_tokens_per_s=round(targets / timed, 1), padded_share=round(
             1 - tokens / sum(b["input_ids"].size for b in batches), 3),
-        peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2))), flush=True)
+        peak_rss_gb=round(peak_rss_gb(), 2))), flush=True)
 
 
 def run(cmd: list[str], timeout: float) -> dict:

@@ -9,12 +9,17 @@ Run by scripts/bench_judge_cpu.py in its own interpreter (torch is no dependency
 """
 import argparse
 import json
-import resource
 import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+
+
+def peak_rss_gb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss, which on Linux also holds the peak of the
+    process that started this one (its mm before exec)."""
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:")) / 1e6
 
 
 class StopAtNewline(StoppingCriteria):
@@ -55,7 +60,7 @@ def main():
     judge_s = time.perf_counter() - t
     print(json.dumps({"system": f"transformers+torch {torch.__version__} {a.dtype} sdpa", "batch": 1,
                       "load_s": load_s, "judge_s": judge_s, "prompts": len(prompts), "prompt_tokens": prompt_tokens,
-                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+                      "peak_rss_gb": peak_rss_gb(),
                       "texts": dict(zip([p["id"] for p in prompts], texts))}))
 
 

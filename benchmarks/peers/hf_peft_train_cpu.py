@@ -14,10 +14,15 @@ Not a jlm dependency: run it in its own environment (torch, transformers, peft, 
 import argparse
 import json
 import os
-import resource
 import time
 
 import numpy as np
+
+
+def peak_rss_gb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss, which on Linux also holds the peak of the
+    process that started this one (its mm before exec)."""
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:")) / 1e6
 
 
 def main():
@@ -96,7 +101,7 @@ def main():
         threads=a.threads, bf16=a.bf16, remat=a.remat, rank=a.rank, accum=a.accum, steps=a.steps,
         load_s=round(load_s, 1), step_s=round(dt / a.steps, 2), tokens_per_s=round(tokens / dt, 1),
         target_tokens_per_s=round(targets / dt, 1),
-        peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2))), flush=True)
+        peak_rss_gb=round(peak_rss_gb(), 2))), flush=True)
 
 
 if __name__ == "__main__":
