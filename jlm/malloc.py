@@ -3,8 +3,8 @@
 glibc gives each thread that contends for malloc an arena of its own, up to 8 per core. XLA's CPU
 runtime runs ~20 threads that allocate and free large host buffers, and over a 40-step training run
 the arenas grew to 47 (4.1 GB, mostly fragmented live memory that `malloc_trim` could not return):
-the whole run peaked at 8.4-8.9 GB where its first steps needed 4.4 GB. With two arenas a run of the same
-run peaked at 7.99 GB (what growth is left follows each newly compiled step shape).
+the whole run peaked at 8.4-8.9 GB where its first steps needed 4.4 GB. With two arenas a run of
+the same budget peaked at 7.99 GB (what growth is left follows each newly compiled step shape).
 
 `cap_arenas()` must run before XLA starts its threads (glibc fixes the arena limit the first time
 it needs a ninth arena); `jlm` calls it first thing, and `jlm.train.train` calls it again for
