@@ -17,6 +17,7 @@ import ctypes.util
 import os
 import re
 import tempfile
+from pathlib import Path
 
 M_ARENA_MAX = -8  # glibc's malloc.h
 ARENAS = 2
@@ -52,4 +53,4 @@ def arena_count() -> int | None:
         fp = libc.fopen(f.name.encode(), b"w")
         libc.malloc_info(0, fp)
         libc.fclose(fp)
-        return len(re.findall(r"<heap nr=", open(f.name).read()))
+        return len(re.findall(r"<heap nr=", Path(f.name).read_text()))

@@ -145,22 +145,22 @@ def part_file(path: Path, index: int) -> Path:
     return path.with_name(f"{path.name}.process{index}")
 
 
-def gather_parts(path: Path, wanted: set) -> None:
-    """Fold the part files of a multi-process run (finished or killed) into the output: their records
-    are appended (a cut last line dropped, ids already in the output kept once), then they go."""
+def gather_parts(path: Path, ids: list) -> bool:
+    """Fold the part files of a multi-process run (finished or killed) into the output, in input
+    order (a cut last line dropped, ids already in the output kept once), then delete them. False
+    when there were none."""
     parts = sorted(path.parent.glob(f"{path.name}.process*"))
     if not parts:
-        return
-    records = [rec for _, rec in read_output(path, wanted)]
-    have = {r["question_id"] for r in records}
-    for part in parts:
-        for _, rec in read_output(part, wanted):
-            if rec["question_id"] not in have:
-                records.append(rec)
-                have.add(rec["question_id"])
-    rewrite(path, records)  # atomic: a kill here leaves the parts, and the next run folds them again
+        return False
+    pos = {q: i for i, q in enumerate(ids)}
+    records = {}
+    for f in (path, *parts):
+        for _, rec in read_output(f, set(pos)):
+            records.setdefault(rec["question_id"], rec)
+    rewrite(path, sorted(records.values(), key=lambda r: pos[r["question_id"]]))  # a kill here keeps the parts
     for part in parts:
         part.unlink()
+    return True
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -307,7 +307,7 @@ def _run(argv, prog: str, mode: str | None, judge=None) -> int:
     model_id = Path(str(args.model)).name
     out_path = Path(args.output)
     if index == 0:  # records of an earlier multi-process run join the output before anything is read
-        gather_parts(out_path, set(ids))
+        gather_parts(out_path, ids)
     distributed.barrier("gathering the output of an earlier run")
     old = read_output(out_path, set(ids))
     for line, rec in old:
@@ -339,8 +339,8 @@ def _run(argv, prog: str, mode: str | None, judge=None) -> int:
     with distributed.together("judging"):  # one process failing stops the others at the end, not in a hang
         counts = _judge_share(args, prog, mode, judge, todo, refs, line_of, model_id, out_path) if todo else {}
     if index == 0:
-        gather_parts(final, set(ids))
-        _in_input_order(final, ids)
+        if not gather_parts(final, ids):  # one process: its records were appended in completion order
+            _in_input_order(final, ids)
         if count > 1:
             print(f"{len(samples)} samples in {final} (from {count} processes)")
     return 1 if counts.get("failed") else 0

@@ -256,11 +256,12 @@ class Judge:
             reserve = max(reserve, max(self._tree(m).tree.size for m in set(modes) if m in ("pair", "single")))
         out = _Results(items, modes, on_result)
         jobs = self._jobs(out, reserve, swap, distributions, on_overflow)
+        lengths = [len(j.ids) for j in jobs]
         if jobs:  # every prefill and decode program the plan needs, compiled at once in parallel threads
-            self.engine.warmup([len(j.ids) for j in jobs], reserve=reserve, greedy=sampling.greedy,
+            self.engine.warmup(lengths, reserve=reserve, greedy=sampling.greedy,
                                max_new=[line_budget] + ([self.max_new_tokens] if want_reasons else []),
                                threads=os.cpu_count() or 1)
-        for rows in self.engine.planner.plan([len(j.ids) for j in jobs], reserve=reserve) if jobs else []:
+        for rows in self.engine.planner.plan(lengths, reserve=reserve) if jobs else []:
             # rows are job indices, which also seed sampling: results do not depend on batching
             self._run_batch(out, jobs, rows, reserve=reserve, line_budget=line_budget, reasons=reasons,
                             distributions=distributions, sampling=sampling)

@@ -67,7 +67,7 @@ def train(cfg: TrainConfig, *, samples: Sequence | None = None, tokenizer=None,
     model_cfg: the architecture for init="random" when it is not one of the named shapes.
     mesh: a mesh over some of the devices, instead of the config's mesh over all of them.
     """
-    cap_arenas()  # before the step's threads allocate: a long run's RSS stays flat (jlm.malloc)
+    cap_arenas()  # before the step's threads allocate: less fragmentation over a long run (jlm.malloc)
     out = Path(cfg.out_dir)
     if not cfg.resume and (steps := existing_steps(out / "checkpoints")):
         raise TrainConfigError(f"{out / 'checkpoints'} holds the checkpoints of an earlier run (up to step "
