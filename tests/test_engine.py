@@ -10,7 +10,7 @@ from flax import nnx
 
 from jlm.data.tokenizer import ByteTokenizer
 from jlm.infer.distributions import build_tree
-from jlm.infer.engine import CPU_FLOP_PER_BYTE, FLOP_PER_BYTE, Engine, Planner, default_mesh, stop_table
+from jlm.infer.engine import CPU_BATCH_FLOPS, CPU_FLOP_PER_BYTE, FLOP_PER_BYTE, Engine, Planner, default_mesh, stop_table
 from jlm.infer.sampling import Sampling, filter_logits
 from jlm.model.config import MODEL_SHAPES, LlamaConfig
 from jlm.model.llama import Llama
@@ -98,6 +98,25 @@ def test_greedy_independent_of_batch_size_and_padding(model, eng8, eng3, prompts
     assert tokens(alone.generate(prompts[:4], max_new=8, stop=no_stop())) == ref[:4]
 
 
+def test_a_prefill_in_row_groups_fills_the_same_cache(model, prompts, monkeypatch):
+    """A CPU prefill runs a big batch in groups of rows (halving while a group is over the budget;
+    one compiled body, `lax.map`): the cache it writes, and what decodes from it, equal one group
+    of all the rows."""
+    import jlm.infer.engine.engine as engine_module
+
+    rows = np.arange(len(prompts))
+    whole = Engine(model, mesh=one_device(), batch_size=8, bucket_step=8)
+    monkeypatch.setattr(engine_module, "CPU_PREFILL_TOKENS", 64)  # 8 rows of 32 tokens: 4 groups of 2
+    grouped = Engine(model, mesh=one_device(), batch_size=8, bucket_step=8)
+    assert grouped._prefill_groups(8, 32) == 4 and grouped._prefill_groups(8, 8) == 1
+    assert grouped._prefill_groups(6, 32) == 2 and grouped._prefill_groups(1, 512) == 1
+    a, b = whole.prefill(prompts, rows, reserve=6), grouped.prefill(prompts, rows, reserve=6)
+    for x, y in zip(jax.tree.leaves(a.cache), jax.tree.leaves(b.cache)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-6)
+    assert tokens(grouped.generate(prompts, max_new=6, stop=no_stop())) == \
+        tokens(whole.generate(prompts, max_new=6, stop=no_stop()))
+
+
 def test_greedy_independent_of_device_count(model, eng8, prompts):
     assert len(jax.devices()) == 8  # conftest's fake CPU devices
     ref = tokens(eng8.generate(prompts, max_new=6, stop=no_stop()))
@@ -148,10 +167,11 @@ def test_a_cpu_engine_weighs_a_batch_by_the_cpus_constant(model):
     eng = Engine(model, mesh=one_device(), batch_size=8)
     assert eng.mesh.devices.flat[0].platform == "cpu"
     assert eng.planner.weight_rows == pytest.approx(4 * CPU_FLOP_PER_BYTE / 2)  # fp32 weights
+    assert eng.planner.batch_rows == pytest.approx(CPU_BATCH_FLOPS / (2 * CFG.num_params))
     lengths = np.random.default_rng(0).integers(300, 1500, 24).tolist()
     shape = MODEL_SHAPES["judgelm-7b"]
-    cpu, gpu = (Planner.for_model(shape, batch_size=8, param_bytes=4, cache_bytes=4, flop_per_byte=f)
-                for f in (CPU_FLOP_PER_BYTE, FLOP_PER_BYTE))
+    cpu, gpu = (Planner.for_model(shape, batch_size=8, param_bytes=4, cache_bytes=4, flop_per_byte=f, batch_flops=b)
+                for f, b in ((CPU_FLOP_PER_BYTE, CPU_BATCH_FLOPS), (FLOP_PER_BYTE, 0.0)))
     on_cpu, on_gpu = (p.stats(lengths, p.plan(lengths, reserve=17), reserve=17) for p in (cpu, gpu))
     assert on_gpu["batches"] == 3  # full batches of 8: a GPU pays for a weight read, not for padding
     assert on_cpu["batches"] > on_gpu["batches"] and on_cpu["padding"] < 0.6 * on_gpu["padding"], (on_cpu, on_gpu)
@@ -193,6 +213,9 @@ def test_plan_cuts_where_the_bucket_changes_only_when_it_pays():
     assert [b.tolist() for b in cheap.plan([129, 65, 65, 65])] == [[0], [1, 2, 3]]
     # more decode steps make each batch dearer: 6 steps x 70 > the 128 token-rows saved
     assert [b.tolist() for b in cheap.plan([129, 65, 65, 65], reserve=6)] == [[0, 1, 2, 3]]
+    # ... and so does a fixed cost per batch (a CPU's programs), whatever the steps: 70 + 60 > 128
+    assert [b.tolist() for b in dataclasses.replace(cheap, batch_rows=60.0).plan([129, 65, 65, 65])] == \
+        [[0, 1, 2, 3]]
 
 
 def test_plan_on_the_benchmark_lengths():
@@ -209,7 +232,7 @@ def test_warmup_compiles_every_shape_the_plan_runs(model, eng8, prompts):
     lengths = [len(p) for p in prompts]
     eng = Engine(model, mesh=one_device(), batch_size=8, bucket_step=8)
     # a cheap batch overhead makes the planner use several row counts on these 8 prompts
-    eng.planner = dataclasses.replace(eng.planner, weight_rows=1.0)
+    eng.planner = dataclasses.replace(eng.planner, weight_rows=1.0, batch_rows=0.0)
     plan = eng.planner.plan(lengths, reserve=6)
     assert len({(eng.planner.batch_bucket(len(b)), eng.planner.bucket(max(lengths[r] for r in b))) for b in plan}) > 2
     assert len({eng.planner.batch_bucket(len(b)) for b in plan}) > 1

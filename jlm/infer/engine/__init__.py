@@ -7,8 +7,9 @@ How a list of prompts is run (docs/design.md, "KV-cache decoding"):
    multiple of `bucket_step`) and its rows to `batch_size` or a power-of-two fraction of it, so a
    long run compiles a handful of programs, never one per batch. Where the cuts go is chosen to
    minimise a model of device time: a batch is cut where the length bucket changes when the padding
-   saved outweighs one more batch's decode steps.
-2. One jitted prefill writes every prompt token except the last into a fresh KV cache. The last
+   saved outweighs one more batch's decode steps (on a CPU, also its programs' set-up).
+2. One jitted prefill writes every prompt token except the last into a fresh KV cache (on a CPU,
+   a big batch's rows in groups of ~2,000 tokens, where its GEMMs run fastest). The last
    token stays *pending*: the first decode step feeds it. So a batch's state is always the same
    pair (cache, pending token per row), whether it has just been prefilled, has decoded a score
    line, or is continuing with reasons; continuing never runs the prompt again.
@@ -29,8 +30,8 @@ row's computation is the same up to float reassociation, and sampling keys come 
 own index (sampling.py).
 """
 from jlm.infer.engine.engine import Batch, CandidateTree, Engine, Generation, default_mesh, stop_table, token_table
-from jlm.infer.engine.planner import CPU_FLOP_PER_BYTE, FLOP_PER_BYTE, Planner
+from jlm.infer.engine.planner import CPU_BATCH_FLOPS, CPU_FLOP_PER_BYTE, FLOP_PER_BYTE, Planner
 from jlm.infer.engine.programs import DecodeState
 
-__all__ = ["Batch", "CandidateTree", "CPU_FLOP_PER_BYTE", "DecodeState", "Engine", "FLOP_PER_BYTE", "Generation", "Planner",
-           "default_mesh", "stop_table", "token_table"]
+__all__ = ["Batch", "CandidateTree", "CPU_BATCH_FLOPS", "CPU_FLOP_PER_BYTE", "DecodeState", "Engine", "FLOP_PER_BYTE",
+           "Generation", "Planner", "default_mesh", "stop_table", "token_table"]

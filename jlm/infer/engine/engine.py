@@ -14,7 +14,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from jlm.infer.engine import programs
-from jlm.infer.engine.planner import CPU_FLOP_PER_BYTE, FLOP_PER_BYTE, Planner
+from jlm.infer.engine.planner import CPU_BATCH_FLOPS, CPU_FLOP_PER_BYTE, CPU_PREFILL_TOKENS, FLOP_PER_BYTE, Planner
 from jlm.infer.sampling import GREEDY, Sampling, row_keys
 from jlm.model.config import LlamaConfig
 from jlm.model.llama import KVCache, Llama
@@ -146,10 +146,11 @@ class Engine:
         self.graphdef, state = nnx.split(model)
         weights = jax.tree.leaves(state)
         param_bytes = sum(w.nbytes for w in weights) / max(sum(w.size for w in weights), 1)
-        cpu = self.mesh.devices.flat[0].platform == "cpu"
+        cpu = self._cpu = self.mesh.devices.flat[0].platform == "cpu"
         self.planner = Planner.for_model(self.cfg, batch_size=self.batch_size, bucket_step=bucket_step, dp=self.dp,
                                          param_bytes=param_bytes, cache_bytes=jnp.dtype(self.cache_dtype).itemsize,
-                                         flop_per_byte=CPU_FLOP_PER_BYTE if cpu else FLOP_PER_BYTE)
+                                         flop_per_byte=CPU_FLOP_PER_BYTE if cpu else FLOP_PER_BYTE,
+                                         batch_flops=CPU_BATCH_FLOPS if cpu else 0.0)
         self.state = self._place_state(state)
         self._replicated = NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self._exe: dict = {}
@@ -198,8 +199,18 @@ class Engine:
         return self._memo[stop]
 
     # ----------------------------------------------------------------------------- compiling
-    def _prefill(self, size: int):
-        return programs.prefill(self.graphdef, self.cfg, size, self.cache_dtype, self._constrain_cache)
+    def _prefill(self, size: int, groups: int):
+        return programs.prefill(self.graphdef, self.cfg, size, self.cache_dtype, self._constrain_cache, groups)
+
+    def _prefill_groups(self, rows: int, length: int) -> int:
+        """How many row groups a CPU prefill of rows x length runs in: the fewest that keep a group
+        near CPU_PREFILL_TOKENS (1 on accelerators, and where rows are split over devices)."""
+        if not self._cpu or self.dp > 1:
+            return 1
+        g = rows
+        while g % 2 == 0 and g * length > CPU_PREFILL_TOKENS:
+            g //= 2
+        return rows // g
 
     def _decode(self, max_new: int, greedy: bool):
         return programs.decode(self.graphdef, max_new, greedy, self._constrain_cache)
@@ -248,7 +259,8 @@ class Engine:
             pending[i] = p[-1]
         size = length + max(int(reserve), 1)
         args = (self.state, self._put(ids, _TOKENS_AXES), self._put(mask, _TOKENS_AXES))
-        exe = self._compiled("prefill", self._prefill(size), (size,), args)
+        groups = self._prefill_groups(b, length)
+        exe = self._compiled("prefill", self._prefill(size, groups), (size, groups), args)
         cache = exe(*args)
         all_rows = np.full((b,), -1, np.int64)
         all_rows[: len(rows)] = rows
@@ -383,7 +395,8 @@ class Engine:
             size = length + max(int(reserve), 1)
             tokens = jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=self._sharding(_TOKENS_AXES, (b, length)))
             args = (self.state, tokens, tokens.update(dtype=jnp.bool_))
-            jobs[self._signature("prefill", (size,), args)] = (self._prefill(size), args, ())
+            groups = self._prefill_groups(b, length)
+            jobs[self._signature("prefill", (size, groups), args)] = (self._prefill(size, groups), args, ())
             cache = KVCache.from_specs(cache_specs(self.cfg, b, size), self.cfg.num_layers, self.cache_dtype,
                                        lambda spec, dt: jax.ShapeDtypeStruct(spec.shape, dt, sharding=self._sharding(
                                            spec.axes, spec.shape)))

@@ -16,10 +16,19 @@ from jlm.model.config import LlamaConfig
 # of it). CPUs: 294 GFLOP/s of prefill over 36 GB/s for a decode step's weight read (538 MB of fp32
 # weights in 15 ms) is 8, measured on the 2-core EPYC of docs/benchmarks.md: a CPU reads its weights
 # far more cheaply relative to its FLOPs, so there a smaller batch pays off sooner than padding does.
-# We use 20, not 8: each distinct batch shape is a ~3 s compile in a cold CPU run, and on the
-# 24-prompt benchmark 20 plans 6 shapes (steady 14.1 s) where 8 plans 9 (13.4 s, but 8 s more compiling).
 FLOP_PER_BYTE = 800 / 3.0
-CPU_FLOP_PER_BYTE = 20.0
+CPU_FLOP_PER_BYTE = 8.0
+# What one more batch costs a CPU run besides its device time, in FLOPs of prefill: its program
+# shapes are traced, loaded from the compilation cache (or compiled) and set up on their first
+# call. Charged as 1 s at the CPU's 294 GFLOP/s; accelerators: nothing (their batches are few and
+# large anyway). Measured on the 24-prompt benchmark (docs/benchmarks.md), plans of 6 / 4 / 3
+# batches: warm `jlm judge` 31.1 / 27.3 / 28.3 s, cold 38.8 / 34.5 / 33.1 s, judging alone 13.6 /
+# 15.2 / 18.0 s; this charge plans the 4.
+CPU_BATCH_FLOPS = 1.0 * 294e9
+# Tokens a CPU prefill call takes at once (the engine runs a bigger batch in row groups of about
+# this many tokens). Per-prompt prefill time on the same EPYC, SmolLM2-135M fp32, against the best:
+# 2,048 tokens a call 1.00 (2 x 1,024 or 4 x 512), 4,096 1.11, 8,192 1.25, 8 x 2,816 1.45.
+CPU_PREFILL_TOKENS = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +42,7 @@ class Planner:
         rows x length                                   prefill, padding included (compute bound)
         + steps x weight_rows                           every decode step reads all the weights ...
         + steps x rows x (length + steps) x slot_rows   ... and every cache slot of every row
+        + batch_rows                                    what a batch costs besides (CPU: its programs)
 
     where steps = the slots reserved after the prompts (the tokens to decode). weight_rows and
     slot_rows are bytes read x FLOP_PER_BYTE / (FLOPs of a token-row), from the model config
@@ -46,6 +56,7 @@ class Planner:
     dp: int = 1  # data-parallel devices: row counts stay multiples of it
     weight_rows: float = 0.0  # one read of the weights, in token-rows
     slot_rows: float = 0.0  # one read of one row's cache slot, in token-rows
+    batch_rows: float = 0.0  # a batch's fixed cost besides, in token-rows
 
     def __post_init__(self):
         if self.bucket_step < 1:
@@ -55,15 +66,17 @@ class Planner:
 
     @classmethod
     def for_model(cls, cfg: LlamaConfig, *, batch_size: int, bucket_step: int = 64, dp: int = 1,
-                  param_bytes: float = 2, cache_bytes: float = 2, flop_per_byte: float = FLOP_PER_BYTE) -> "Planner":
+                  param_bytes: float = 2, cache_bytes: float = 2, flop_per_byte: float = FLOP_PER_BYTE,
+                  batch_flops: float = 0.0) -> "Planner":
         """The cost model of `cfg` with weights of `param_bytes` and a KV cache of `cache_bytes` per value,
-        on a device of `flop_per_byte` (FLOP_PER_BYTE, or CPU_FLOP_PER_BYTE)."""
+        on a device of `flop_per_byte` (FLOP_PER_BYTE, or CPU_FLOP_PER_BYTE) where a batch costs
+        `batch_flops` besides (CPU_BATCH_FLOPS)."""
         row_flops = 2 * cfg.num_params
         slot_bytes = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * cache_bytes  # K and V
         # a batch's rows are split over the dp devices, but each of them reads all the weights
         return cls(batch_size, bucket_step, dp,
                    weight_rows=dp * cfg.num_params * param_bytes * flop_per_byte / row_flops,
-                   slot_rows=slot_bytes * flop_per_byte / row_flops)
+                   slot_rows=slot_bytes * flop_per_byte / row_flops, batch_rows=batch_flops / row_flops)
 
     def bucket(self, n: int) -> int:
         """Padded prefill length for a prompt of n tokens (the last one is fed by decoding)."""
@@ -79,7 +92,7 @@ class Planner:
     def cost(self, rows, length, reserve: int):
         """The model's device time of a batch, in token-rows (works on numpy arrays too)."""
         steps = max(int(reserve), 1)
-        return rows * length + steps * (self.weight_rows + rows * (length + steps) * self.slot_rows)
+        return rows * length + steps * (self.weight_rows + rows * (length + steps) * self.slot_rows) + self.batch_rows
 
     def plan(self, lengths: Sequence[int], reserve: int = 1) -> list[np.ndarray]:
         """Indices of the prompts in each batch, longest first, for prompts that will each keep

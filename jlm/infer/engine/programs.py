@@ -31,12 +31,26 @@ class DecodeState:
     step: Array  # [] int32: loop steps taken (= cache slots written)
 
 
-def prefill(graphdef, cfg: LlamaConfig, size: int, cache_dtype, constrain: Constrain):
-    """(state, ids [B, T], mask [B, T]) -> a fresh `size`-slot cache holding the prompts."""
+def prefill(graphdef, cfg: LlamaConfig, size: int, cache_dtype, constrain: Constrain, groups: int = 1):
+    """(state, ids [B, T], mask [B, T]) -> a fresh `size`-slot cache holding the prompts.
+
+    With `groups` > 1 the rows run through the model in that many equal groups, one after another
+    (`lax.map`), into one cache: the CPU's prefill rate falls as a call's activations outgrow its
+    caches (docs/benchmarks.md: ~2,000 tokens a call is best), while decoding wants all the rows in
+    one batch. One compiled body serves every group, so it also compiles faster."""
+    def one(model, ids, mask):
+        cache = KVCache.init(cfg, ids.shape[0], size, cache_dtype)
+        return model(ids, mask, cache=cache, cache_empty=True, logits=False).cache
+
     def run(state, ids, mask):
         model = nnx.merge(graphdef, state)
-        cache = constrain(KVCache.init(cfg, ids.shape[0], size, cache_dtype))
-        return constrain(model(ids, mask, cache=cache, cache_empty=True, logits=False).cache)
+        if groups == 1:
+            return constrain(one(model, ids, mask))
+        b, t = ids.shape
+        split = lambda x: x.reshape(groups, b // groups, t)
+        caches = jax.lax.map(lambda x: one(model, *x), (split(ids), split(mask)))
+        rows = jax.tree.map(lambda x: x.reshape(b, *x.shape[2:]), caches.replace(index=None))
+        return constrain(rows.replace(index=caches.index[0]))  # every group wrote the same slots
     return run
 
 
