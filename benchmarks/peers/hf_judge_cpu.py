@@ -6,6 +6,8 @@ one JSON line: model load seconds, judging seconds, prompt tokens, peak RSS, and
 Run by scripts/bench_judge_cpu.py in its own interpreter (torch is no dependency of jlm):
 
     python benchmarks/peers/hf_judge_cpu.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --prompts p.jsonl --threads 2
+
+`--adapter DIR` merges a PEFT LoRA adapter (jlm's smollm2-judge) into the model after loading.
 """
 import argparse
 import json
@@ -37,6 +39,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-new", type=int, default=8, help="score-line token cap (jlm's budget for two scores)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--adapter", type=Path, help="a PEFT LoRA adapter directory, merged in after loading (peft)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     prompts = [json.loads(line) for line in a.prompts.read_text().splitlines() if line.strip()]
@@ -45,6 +48,9 @@ def main():
     tok = AutoTokenizer.from_pretrained(a.gguf.parent, gguf_file=a.gguf.name)
     model = AutoModelForCausalLM.from_pretrained(a.gguf.parent, gguf_file=a.gguf.name, dtype=getattr(torch, a.dtype),
                                                  attn_implementation="sdpa").eval()
+    if a.adapter:  # merged, as jlm merges an adapter when it loads one
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, a.adapter).merge_and_unload().eval()
     load_s = time.perf_counter() - t
 
     texts, prompt_tokens = [], 0

@@ -35,9 +35,10 @@ def prefill(graphdef, cfg: LlamaConfig, size: int, cache_dtype, constrain: Const
     """(state, ids [B, T], mask [B, T]) -> a fresh `size`-slot cache holding the prompts.
 
     With `groups` > 1 the rows run through the model in that many equal groups, one after another
-    (`lax.map`), into one cache: the CPU's prefill rate falls as a call's activations outgrow its
-    caches (docs/benchmarks.md: ~2,000 tokens a call is best), while decoding wants all the rows in
-    one batch. One compiled body serves every group, so it also compiles faster."""
+    (a `fori_loop` writing each group's rows into the one cache in place): the CPU's prefill rate
+    falls as a call's activations outgrow its caches (docs/benchmarks.md: ~2,000 tokens a call is
+    best), while decoding wants all the rows in one batch. One compiled body serves every group,
+    so it also compiles faster."""
     def one(model, ids, mask):
         cache = KVCache.init(cfg, ids.shape[0], size, cache_dtype)
         return model(ids, mask, cache=cache, cache_empty=True, logits=False).cache
@@ -46,11 +47,14 @@ def prefill(graphdef, cfg: LlamaConfig, size: int, cache_dtype, constrain: Const
         model = nnx.merge(graphdef, state)
         if groups == 1:
             return constrain(one(model, ids, mask))
-        b, t = ids.shape
-        split = lambda x: x.reshape(groups, b // groups, t)
-        caches = jax.lax.map(lambda x: one(model, *x), (split(ids), split(mask)))
-        rows = jax.tree.map(lambda x: x.reshape(b, *x.shape[2:]), caches.replace(index=None))
-        return constrain(rows.replace(index=caches.index[0]))  # every group wrote the same slots
+        g = ids.shape[0] // groups
+
+        def group(i, cache):
+            part = one(model, *(jax.lax.dynamic_slice_in_dim(x, i * g, g) for x in (ids, mask)))
+            put = lambda whole, new: jax.lax.dynamic_update_slice_in_dim(whole, new, i * g, axis=0)
+            # every row-leading leaf takes the group's rows; all groups write the same slots
+            return jax.tree.map(put, cache.replace(index=None), part.replace(index=None)).replace(index=part.index)
+        return constrain(jax.lax.fori_loop(0, groups, group, KVCache.init(cfg, ids.shape[0], size, cache_dtype)))
     return run
 
 
