@@ -16,9 +16,9 @@ process, one after the other:
 - jlm's steady state: `Judge.score` twice in one process, the second pass timed (programs compiled),
   and the same with distributions on (what they add).
 
-Printed: a markdown table (wall times, of which model load, peak RSS, programs compiled, prompts/s)
-and the ratios to the peer; everything also in OUT/results.json. Also checked: jlm and the peer
-write the same score lines (both greedy in fp32).
+Printed: a markdown table (wall times, of which model load, peak RSS of the cold command and of the
+steady process, programs compiled, prompts/s) and the ratios to the peer; everything also in
+OUT/results.json. Also checked: jlm and the peer write the same score lines (both greedy in fp32).
 """
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
             same = sum(runs["cold"]["texts"][i] == peer["texts"][str(i)] for i in range(len(items)))
             rows.append(dict(system="jlm", setting=f"batch {b}", cold_s=runs["cold"]["wall"], load_s=runs["cold"]["load"],
                              warm_s=runs["warm"]["wall"], steady_s=steady["steady_s"], dist_s=steady["dist_s"],
-                             rss_gb=max(runs["cold"]["rss"], rss_s),
+                             rss_gb=runs["cold"]["rss"], rss_steady_gb=rss_s,
                              compiled=runs["cold"]["compiled"], compiled_warm=runs["warm"]["compiled"],
                              same_as_peer=f"{same}/{len(items)}"))
             print(rows[-1], flush=True)
@@ -185,15 +185,15 @@ def table(results: dict) -> str:
         lines += [f"**{name}**: {s['prompts']} prompts of {min(s['tokens'])}-{max(s['tokens'])} tokens", "",
                   "| system | setting | cold wall (s) | of which load | warm wall (s) | steady judging (s) | prompts/s steady "
                   "| vs peer | steady with distributions (s) | programs compiled cold / warm | peak RSS (GB) "
-                  "| same score lines as peer |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| peak RSS, steady passes with distributions (GB) | same score lines as peer |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in s["rows"]:
             steady = r["steady_s"]
             lines.append(f"| {r['system']} | {r['setting']} | {r['cold_s']:.1f} | {fmt(r['load_s'])} | "
                          f"{fmt(r.get('warm_s'))} | {fmt(steady)} | {fmt(steady and s['prompts'] / steady, '{:.2f}')} | "
                          f"{fmt(steady and peer['steady_s'] / steady, '{:.2f}x')} | {fmt(r.get('dist_s'))} | "
                          f"{fmt(r['compiled'], '{}')} / {r.get('compiled_warm', '-')} | "
-                         f"{r['rss_gb']:.2f} | {r.get('same_as_peer', '-')} |")
+                         f"{r['rss_gb']:.2f} | {fmt(r.get('rss_steady_gb'), '{:.2f}')} | {r.get('same_as_peer', '-')} |")
         lines.append("")
     return "\n".join(lines)
 
