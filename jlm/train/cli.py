@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg, args = resolve(argv)
     except TrainConfigError as e:
-        print(f"jlm train: {e}", file=sys.stderr)
+        print(f"jlm train: error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
     try:
         result = train(cfg)
     except TrainConfigError as e:
-        print(f"jlm train: {e}", file=sys.stderr)
+        print(f"jlm train: error: {e}", file=sys.stderr)
         return 2
     if result.export_dir is not None:
         print(f"[jlm train] exported {result.export_dir}")
