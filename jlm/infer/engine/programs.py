@@ -39,9 +39,11 @@ def prefill(graphdef, cfg: LlamaConfig, size: int, cache_dtype, constrain: Const
     falls as a call's activations outgrow its caches (docs/benchmarks.md: ~2,000 tokens a call is
     best), while decoding wants all the rows in one batch. One compiled body serves every group,
     so it also compiles faster."""
+    def fresh(rows: int) -> KVCache:  # built in its shardings, not replicated and then sharded
+        return constrain(KVCache.init(cfg, rows, size, cache_dtype))
+
     def one(model, ids, mask):
-        cache = KVCache.init(cfg, ids.shape[0], size, cache_dtype)
-        return model(ids, mask, cache=cache, cache_empty=True, logits=False).cache
+        return model(ids, mask, cache=fresh(ids.shape[0]), cache_empty=True, logits=False).cache
 
     def run(state, ids, mask):
         model = nnx.merge(graphdef, state)
@@ -54,7 +56,7 @@ def prefill(graphdef, cfg: LlamaConfig, size: int, cache_dtype, constrain: Const
             put = lambda whole, new: jax.lax.dynamic_update_slice_in_dim(whole, new, i * g, axis=0)
             # every row-leading leaf takes the group's rows; all groups write the same slots
             return jax.tree.map(put, cache.replace(index=None), part.replace(index=None)).replace(index=part.index)
-        return constrain(jax.lax.fori_loop(0, groups, group, KVCache.init(cfg, ids.shape[0], size, cache_dtype)))
+        return constrain(jax.lax.fori_loop(0, groups, group, fresh(ids.shape[0])))
     return run
 
 
