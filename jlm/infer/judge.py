@@ -257,11 +257,12 @@ class Judge:
         out = _Results(items, modes, on_result)
         jobs = self._jobs(out, reserve, swap, distributions, on_overflow)
         lengths = [len(j.ids) for j in jobs]
+        plan = self.engine.planner.plan(lengths, reserve=reserve) if jobs else []
         if jobs:  # every prefill and decode program the plan needs, compiled at once in parallel threads
-            self.engine.warmup(lengths, reserve=reserve, greedy=sampling.greedy,
+            self.engine.warmup(lengths, reserve=reserve, greedy=sampling.greedy, plan=plan,
                                max_new=[line_budget] + ([self.max_new_tokens] if want_reasons else []),
                                threads=os.cpu_count() or 1)
-        for rows in self.engine.planner.plan(lengths, reserve=reserve) if jobs else []:
+        for rows in plan:
             # rows are job indices, which also seed sampling: results do not depend on batching
             self._run_batch(out, jobs, rows, reserve=reserve, line_budget=line_budget, reasons=reasons,
                             distributions=distributions, sampling=sampling)

@@ -385,12 +385,13 @@ class Engine:
         return results  # type: ignore[return-value]
 
     def warmup(self, lengths: Sequence[int], *, reserve: int, max_new: Sequence[int] = (), greedy: bool = True,
-               threads: int = 8) -> int:
+               threads: int = 8, plan: Sequence[np.ndarray] | None = None) -> int:
         """Compile, in parallel threads, the prefill and decode programs that running prompts of
-        these lengths will need (every shape of `plan(lengths, reserve)`, the plan that `generate`
-        with max_new=reserve runs); returns how many were compiled. (XLA compiles outside the GIL.)"""
+        these lengths will need (every shape of `plan`, by default `plan(lengths, reserve)`: the
+        plan that `generate` with max_new=reserve runs); returns how many were compiled. (XLA
+        compiles outside the GIL.)"""
         jobs = {}  # signature -> (program, arguments, donated)
-        for rows in self.planner.plan(lengths, reserve):  # the plan `generate(max_new=reserve)` will run
+        for rows in self.planner.plan(lengths, reserve) if plan is None else plan:
             b, length = self.planner.batch_bucket(len(rows)), self.planner.bucket(max(lengths[r] for r in rows))
             size = length + max(int(reserve), 1)
             tokens = jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=self._sharding(_TOKENS_AXES, (b, length)))
